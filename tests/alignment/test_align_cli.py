@@ -44,7 +44,7 @@ def test_inspect_json_and_text_file(saved: dict[str, Path], tmp_path: Path,
 def test_unknown_name_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["align", "inspect", "no-such-model", "smollm2"]) == 2
     err = capsys.readouterr().err
-    assert "unknown tokenizer 'no-such-model'" in err and "smollm2" in err
+    assert "unknown model 'no-such-model'" in err and "smollm2" in err
 
 
 def test_missing_text_file(saved: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

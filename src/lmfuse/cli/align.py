@@ -1,7 +1,7 @@
 """``lmfuse align inspect A B``: a pre-flight report on how well two tokenizers can be fused.
 
-A and B are member specs as ``load_member`` takes them (a zoo name, a HF directory, a ``.gguf`` file), but only
-the tokenizers are loaded.
+A and B are member specs as ``lmfuse.models.load.locate`` resolves them (a zoo name, a HF directory, a ``.gguf``
+file), but only the tokenizers are loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmfuse.errors import InputError, ModelLoadError
+from lmfuse.errors import InputError
 
 SAMPLE_TEXT = """\
 The quick brown fox jumps over the lazy dog. "Is it 3.14 or 22/7?" she asked — twice.
@@ -25,42 +25,6 @@ def fibonacci(n: int) -> int:
 Unicode: café, naïve, Zürich, 東京, 你好世界, こんにちは, Привет, 🙂🚀.
 To be, or not to be, that is the question:\tWhether 'tis nobler in the mind to suffer
 """
-
-
-def resolve_tokenizer(spec: str) -> tuple[Path, str | None]:
-    """(directory, gguf file name or None) holding the tokenizer of a member spec; nothing is loaded."""
-    from lmfuse.models import zoo
-
-    if spec in zoo.ZOO:
-        path = zoo.converted_path(spec)
-        if path is None:
-            raise ModelLoadError(f"default-pack member {spec!r} is not installed yet; run `lmfuse zoo fetch {spec}`")
-        return Path(path), None
-    path = Path(spec).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return path.parent, path.name
-    if path.is_dir():
-        ggufs = sorted(path.glob("*.gguf"))
-        if not (path / "tokenizer.json").is_file() and len(ggufs) == 1:
-            return path, ggufs[0].name
-        return path, None
-    raise ModelLoadError(
-        f"unknown tokenizer {spec!r}: not a default-pack member ({', '.join(zoo.ZOO)}), "
-        "not a .gguf file and not a directory"
-    )
-
-
-def load_tokenizer(where: tuple[Path, str | None]) -> Any:
-    """A fast tokenizer from ``resolve_tokenizer``'s answer, without loading any weights."""
-    from transformers import AutoTokenizer
-
-    directory, gguf = where
-    try:
-        if gguf is not None:
-            return AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf)
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load a tokenizer from {str(directory)!r}: {exc}") from None
 
 
 def register(subparsers: Any) -> None:
@@ -80,6 +44,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from lmfuse.alignment import build_vocab_map, token_table
     from lmfuse.alignment.report import as_dict, format_report, sequence_report, vocab_report
+    from lmfuse.models.load import load_tokenizer, locate
 
     if args.text is not None:
         if not args.text.is_file():
@@ -89,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         text = SAMPLE_TEXT
     if not text.strip():
         raise InputError("the sample text is empty")
-    where_a, where_b = resolve_tokenizer(args.a), resolve_tokenizer(args.b)  # fail fast on a bad name
-    tok_a, tok_b = load_tokenizer(where_a), load_tokenizer(where_b)
+    locate(args.a), locate(args.b)  # fail fast on a bad name, before loading either tokenizer
+    tok_a, tok_b = load_tokenizer(args.a), load_tokenizer(args.b)
     a, b = token_table(tok_a, name=args.a), token_table(tok_b, name=args.b)
     cache = not args.no_cache
     maps = {(x, y, m): build_vocab_map(s, t, m, cache=cache)

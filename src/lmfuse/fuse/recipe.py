@@ -1,4 +1,4 @@
-"""FuseLLM recipes: frozen dataclasses loaded from YAML, unknown keys rejected with suggestions.
+"""Fusion recipes (FuseLLM, ProFuser): frozen dataclasses loaded from YAML, unknown keys rejected with suggestions.
 
 Precedence: dataclass defaults < YAML < ``key.sub=value`` overrides (``train.lr=2e-5``,
 ``sources.0.model=...``). Relative paths are relative to the current directory. A member is given as
@@ -23,6 +23,10 @@ from lmfuse.errors import InputError
 from lmfuse.registry import suggest
 
 
+METHODS = ("fusellm", "profuser")
+DATA_FORMATS = ("text", "instruct")
+
+
 @dataclass(frozen=True)
 class MemberSpec:
     model: str
@@ -31,6 +35,9 @@ class MemberSpec:
     """Short name used for output directories (defaults to a slug of ``model``)."""
     dtype: str = "float32"
     """Weights dtype for extraction (float32, bfloat16, float16); training uses float32."""
+    chat_template: str = "auto"
+    """Instruction data only: ``auto`` (the tokenizer's own chat template, else the plain format of
+    ``fuse/instruct.py``), ``plain``, or the path of a Jinja template file."""
 
     @property
     def slug(self) -> str:
@@ -46,11 +53,25 @@ class DataConfig:
     max_chars: int = 2000
     """Rows are chunks of at most this many characters (cut at line ends), so every row fits every context."""
     limit: int | None = None
-    """Use only the first ``limit`` rows."""
+    """Use only the first ``limit`` rows (after ``offset``)."""
+    format: str = "text"
+    """``text`` (a corpus cut into rows; FuseLLM) or ``instruct`` (prompt + reference response; ProFuser)."""
+    prompt_field: str = "prompt"
+    """``instruct``: the prompt column (GSM8K: ``question``)."""
+    response_field: str = "response"
+    """``instruct``: the reference-response column (GSM8K: ``answer``)."""
+    system: str = ""
+    """``instruct``: a system message put before every prompt (empty: none)."""
+    offset: int = 0
+    """Skip the first ``offset`` rows / examples (e.g. a held-out split kept for evaluation)."""
 
     def __post_init__(self) -> None:
         if self.max_chars < 1:
             raise InputError(f"data.max_chars must be positive, got {self.max_chars}")
+        if self.offset < 0:
+            raise InputError(f"data.offset must be >= 0, got {self.offset}")
+        if self.format not in DATA_FORMATS:
+            raise InputError(suggest(self.format, list(DATA_FORMATS), "data.format"))
 
 
 @dataclass(frozen=True)
@@ -120,16 +141,81 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    """ProFuser's inference mode: how every candidate answers each prompt (recorded in the stage's metadata)."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    """``false``: greedy decoding; ``true``: sampling with ``temperature`` / ``top_p`` and ``seed``."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    """Sampling seed; shard s samples under ``seed + s`` so a resumed run draws the same responses."""
+    batch_size: int = 8
+    rows_per_shard: int = 64
+
+    def __post_init__(self) -> None:
+        for key in ("max_new_tokens", "batch_size", "rows_per_shard"):
+            if getattr(self, key) < 1:
+                raise InputError(f"generate.{key} must be at least 1, got {getattr(self, key)}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise InputError(f"generate: need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One voter of ProFuser's inference mode (registry ``lmfuse.fuse.rewards.REWARDS``)."""
+
+    name: str
+    """``exact-match`` (final answer), ``chrf`` (sacrebleu), ``reward-model`` (a sequence classifier)."""
+    model: str = ""
+    """``reward-model``: an HF directory holding an ``AutoModelForSequenceClassification`` and its tokenizer."""
+    batch_size: int = 8
+    max_length: int = 1024
+    """``reward-model``: (prompt, response) pairs are truncated to this many tokens."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """ProFuser's progressive schedule: ``(w_infer, w_train)`` as a function of the step (``fuse/schedule.py``)."""
+
+    name: str = "two-stage"
+    """``two-stage`` (paper), ``linear``, ``simul``, ``reverse``, ``train-only`` (FuseLLM), ``infer-only``."""
+    switch: float = 0.5
+    """Fraction of the optimizer steps spent in the first stage (``two-stage``, ``reverse``)."""
+    late_weight: float = 0.1
+    """Weight kept on the first stage's mode in the second stage (paper: w_infer = 0.1)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.switch <= 1.0:
+            raise InputError(f"schedule.switch must be in [0, 1], got {self.switch}")
+        if self.late_weight < 0:
+            raise InputError(f"schedule.late_weight must be >= 0, got {self.late_weight}")
+
+
+def _default_rewards() -> tuple[RewardSpec, ...]:
+    return (RewardSpec("exact-match"), RewardSpec("chrf"))
+
+
+@dataclass(frozen=True)
 class FuseRecipe:
     name: str
     output_dir: str
     target: MemberSpec
     data: DataConfig
+    method: str = "fusellm"
+    """``fusellm`` (extract -> align -> combine -> train) or ``profuser`` (generate -> reward -> the same)."""
     sources: tuple[MemberSpec, ...] = ()
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     combine: CombineConfig = field(default_factory=CombineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """``profuser`` only."""
+    rewards: tuple[RewardSpec, ...] = field(default_factory=_default_rewards)
+    """``profuser`` only: the voters (each votes for its best response; majority wins)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """``profuser`` only."""
 
     def __post_init__(self) -> None:
         slugs = [self.target.slug, *(s.slug for s in self.sources)]
@@ -137,6 +223,15 @@ class FuseRecipe:
             raise InputError(f"member names must be unique, got {slugs}; set `name:` on the duplicates")
         if not self.sources and not self.combine.include_target:
             raise InputError("a recipe needs at least one candidate: add sources or set combine.include_target")
+        if self.method not in METHODS:
+            raise InputError(suggest(self.method, list(METHODS), "method"))
+        if self.method == "profuser" and self.data.format != "instruct":
+            raise InputError("method 'profuser' needs instruction data: set data.format: instruct")
+        if self.method == "fusellm" and self.data.format != "text":
+            raise InputError("method 'fusellm' reads a text corpus (data.format: text); for instruction data use "
+                             "method: profuser with schedule: {name: train-only} (FuseLLM's training mode)")
+        if self.method == "profuser" and not self.rewards:
+            raise InputError("method 'profuser' needs at least one entry under rewards")
 
     @property
     def out(self) -> Path:
@@ -151,6 +246,13 @@ def validate(recipe: FuseRecipe) -> None:
 
     FUSIONS.get(recipe.combine.function)
     FUSION_LOSSES.get(recipe.train.loss)
+    if recipe.method == "profuser":
+        from lmfuse.fuse.rewards import check_reward
+        from lmfuse.fuse.schedule import SCHEDULES
+
+        SCHEDULES.get(recipe.schedule.name)
+        for spec in recipe.rewards:
+            check_reward(spec)
     checks = [("align.vocab", recipe.align.vocab, ("mined", "exact")),
               ("align.sequence", recipe.align.sequence, ("offsets", "dtw")),
               ("align.fallback", recipe.align.fallback, FALLBACKS),
@@ -216,6 +318,8 @@ def from_dict(cls: Any, data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors naming the key."""
     if cls is MemberSpec and isinstance(data, str):
         data = {"model": data}
+    if cls is RewardSpec and isinstance(data, str):
+        data = {"name": data}
     if not isinstance(data, dict):
         raise InputError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
