@@ -6,8 +6,17 @@ A *shard* holds N rows (texts) and their tokens, concatenated without padding:
   ``row_ptr[r]:row_ptr[r + 1]`` of every per-token array;
 * per-token arrays have shape ``[Ntok, ...]`` (e.g. top-k ids ``[Ntok, k]``).
 
-Token ids are stored as ``uint16`` when the vocabulary (logit width) is below 65,535, else ``int32``.
-"No id" (a freed top-k slot) is ``-1`` in memory and the dtype's maximum (65,535) on disk for uint16.
+In memory, token ids are ``uint16`` when the vocabulary (logit width) is below 65,535, else ``int32``
+(``id_dtype``); "no id" (a freed top-k slot) is ``-1`` after ``unpack_ids``, 65,535 in a uint16 array.
+
+On disk (shard format 2, ``FORMAT``), a per-token ``int32`` array whose values all lie in
+``-1 .. 2**24 - 2`` — the ids of any vocabulary below 16.7M entries, Qwen's 151,936 and Gemma's 262,144
+included — is stored as 3 little-endian bytes per value (``uint8 [..., 3]``, -1 as ``0xFFFFFF``) and
+named in the ``lmfuse.u24`` metadata; ``read_shard`` turns it back into the same ``int32`` array. At
+k = 10 that is 3 + 30 bytes of ids per token instead of 4 + 40. Format-1 shards (no ``lmfuse.format``
+metadata: every array in its in-memory dtype) still read unchanged; a shard from a newer format is a
+``CorruptFileError`` that says so.
+
 Every write goes to ``<name>.<pid>.tmp`` first and is renamed into place, so a killed process never leaves
 a half-written shard under the final name; a shard that exists is complete.
 """
@@ -26,6 +35,12 @@ import numpy as np
 from lmfuse.errors import CorruptFileError
 
 UINT16_NONE = np.iinfo(np.uint16).max
+U24_NONE = (1 << 24) - 1
+"""The 3-byte encoding of -1 ("no id")."""
+FORMAT = 2
+"""Shard format written by this version (1: arrays in their in-memory dtypes; 2: adds 3-byte ints)."""
+_FORMAT_KEY = "lmfuse.format"
+_U24_KEY = "lmfuse.u24"
 
 
 def id_dtype(width: int) -> type[np.integer[Any]]:
@@ -112,18 +127,49 @@ class Shard:
         return Shard(row_ptr, {k: np.asarray(v, dtype=dtypes[k]) for k, v in rows.items()}, cat, meta)
 
 
+def encode_u24(a: np.ndarray) -> np.ndarray:
+    """int32 values in ``-1 .. 2**24 - 2`` -> ``uint8 [..., 3]`` (little-endian, -1 as ``0xFFFFFF``)."""
+    v = np.where(a < 0, U24_NONE, a).astype("<u4")
+    return np.ascontiguousarray(v.view(np.uint8).reshape(*a.shape, 4)[..., :3])
+
+
+def decode_u24(b: np.ndarray) -> np.ndarray:
+    """``uint8 [..., 3]`` from ``encode_u24`` -> the int32 values, ``0xFFFFFF`` back to -1."""
+    four = np.zeros((*b.shape[:-1], 4), dtype=np.uint8)
+    four[..., :3] = b
+    v = four.view("<u4")[..., 0].astype(np.int32)
+    v[v == U24_NONE] = -1
+    return v
+
+
+def fits_u24(a: np.ndarray) -> bool:
+    return a.dtype == np.int32 and (a.size == 0 or (int(a.min()) >= -1 and int(a.max()) < U24_NONE))
+
+
+def encode_shard(shard: Shard) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and metadata written for ``shard`` (format ``FORMAT``), e.g. to count bytes per array."""
+    reserved = [k for k in shard.meta if k.startswith("lmfuse.")]
+    if reserved:
+        raise ValueError(f"shard metadata keys starting with 'lmfuse.' are reserved for the format: {reserved}")
+    tensors = {"row_ptr": shard.row_ptr}
+    tensors.update({f"row/{k}": np.ascontiguousarray(v) for k, v in shard.rows.items()})
+    u24 = sorted(k for k, v in shard.tokens.items() if fits_u24(v))
+    for k, v in shard.tokens.items():
+        tensors[f"tok/{k}"] = encode_u24(v) if k in u24 else np.ascontiguousarray(v)
+    return tensors, {**shard.meta, _FORMAT_KEY: str(FORMAT), _U24_KEY: ",".join(u24)}
+
+
 def write_shard(path: Path, shard: Shard) -> None:
     """Atomically write a shard as one safetensors file (``row/*``, ``tok/*`` and ``row_ptr`` tensors)."""
     from safetensors.numpy import save
 
-    tensors = {"row_ptr": shard.row_ptr}
-    tensors.update({f"row/{k}": np.ascontiguousarray(v) for k, v in shard.rows.items()})
-    tensors.update({f"tok/{k}": np.ascontiguousarray(v) for k, v in shard.tokens.items()})
+    tensors, meta = encode_shard(shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save(tensors, metadata=shard.meta))
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def read_shard(path: Path) -> Shard:
+    """A shard as written (format 1 or 2): the same arrays and metadata that were passed to ``write_shard``."""
     from safetensors import safe_open
 
     try:
@@ -132,8 +178,23 @@ def read_shard(path: Path) -> Shard:
             data = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     except Exception as exc:  # safetensors raises its own error types for truncated headers
         raise CorruptFileError(f"cannot read shard {str(path)!r}: {exc}") from None
+    version = meta.pop(_FORMAT_KEY, "1")
+    if version not in ("1", str(FORMAT)):
+        raise CorruptFileError(
+            f"shard {str(path)!r} has format {version!r}; this lmfuse reads formats 1..{FORMAT} "
+            "(upgrade lmfuse, or run the stage again to rewrite it)"
+        )
+    u24 = [k for k in meta.pop(_U24_KEY, "").split(",") if k]
+    if "row_ptr" not in data:
+        raise CorruptFileError(f"shard {str(path)!r} has no 'row_ptr' tensor: not an lmfuse shard")
     rows = {k[4:]: v for k, v in data.items() if k.startswith("row/")}
     tokens = {k[4:]: v for k, v in data.items() if k.startswith("tok/")}
+    for k in u24:
+        enc = tokens.get(k)
+        if enc is None or enc.dtype != np.uint8 or enc.ndim < 2 or enc.shape[-1] != 3:
+            got = "missing" if enc is None else f"{enc.dtype} {list(enc.shape)}"
+            raise CorruptFileError(f"shard {str(path)!r}: 3-byte array {k!r} should be uint8 [..., 3], got {got}")
+        tokens[k] = decode_u24(enc)
     return Shard(data["row_ptr"], rows, tokens, meta)
 
 
