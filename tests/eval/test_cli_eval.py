@@ -97,3 +97,18 @@ def test_eval_unknown_weighting_is_one_clear_error(toy_dir: Path, bb: Path,
     code = main(["eval", "--model", str(toy_dir), "--task", "bigbench:parity", "--weighting", "packlm-opt"])
     err = capsys.readouterr().err
     assert code == 2 and "Did you mean 'packllm-opt'" in err
+
+
+def test_resume_keeps_finished_tasks_of_a_stopped_run(tmp_path: Path, toy_dir: Path, bb: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(toy_dir), "--limit", "2", "--out", str(out)]
+    assert main([*args, "--task", "bigbench:parity"]) == 0  # as if stopped after the first task
+    first = json.loads((out / "results.json").read_text())["tasks"][0]
+    assert main([*args, "--task", "bigbench:parity,bigbench:custom", "--resume"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert [t["task"] for t in data["tasks"]] == ["bigbench:parity", "bigbench:custom"]
+    assert data["tasks"][0] == first and data["settings"]["resumed_tasks"] == ["bigbench:parity"]
+    assert "1 finished task(s)" in capsys.readouterr().err
+    assert main(["eval", "--model", str(toy_dir), "--task", "bigbench:parity", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err

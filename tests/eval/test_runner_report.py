@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.eval import metrics
 from lmfuse.eval.combined import CombinedScorer
 from lmfuse.eval.member_scorer import MemberScorer
@@ -140,3 +141,31 @@ def test_partial_runs_merge_on_common_tasks_and_report_what_is_missing(tmp_path:
     both = merge([full, part])
     assert [t.task for t in both.tasks] == ["bigbench:parity"]
     assert "**Not finished** (the run stopped before them): bigbench:custom." in markdown(both)
+
+
+def test_resume_skips_finished_tasks_and_gives_the_uninterrupted_results(tmp_path: Path) -> None:
+    root = bigbench_tree(tmp_path / "bb")
+    tasks = ["bigbench:parity", "bigbench:custom"]
+    uninterrupted = evaluate(FixedScorer({"Yes"}), tasks, limit=6, bigbench_root=root)
+    stopped = evaluate(FixedScorer({"Yes"}), tasks[:1], limit=6, bigbench_root=root)  # killed after task 1
+    write_report(stopped, tmp_path / "out")
+    scorer = FixedScorer({"Yes"})
+    resumed = evaluate(scorer, tasks, limit=6, bigbench_root=root,
+                       resume=Results.load(tmp_path / "out" / "results.json"))
+    assert len(scorer.contexts) == 3  # only bigbench:custom's three MC examples were scored again
+    assert resumed.settings["resumed_tasks"] == ["bigbench:parity"]
+    assert [t.metrics for t in resumed.tasks] == [t.metrics for t in uninterrupted.tasks]
+
+
+def test_resume_refuses_different_settings(tmp_path: Path) -> None:
+    root = bigbench_tree(tmp_path / "bb")
+    earlier = evaluate(FixedScorer({"Yes"}), ["bigbench:parity"], limit=6, bigbench_root=root)
+    with pytest.raises(InputError, match=r"cannot resume: the earlier run differs in limit: 6 then, 5 now"):
+        evaluate(FixedScorer({"Yes"}), ["bigbench:parity"], limit=5, bigbench_root=root, resume=earlier)
+
+
+def test_half_written_results_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text('{"settings": {"limit": 5}, "tasks": [{"task": "bigb', encoding="utf-8")
+    with pytest.raises(CorruptFileError, match="is not an lmfuse results file"):
+        Results.load(path)

@@ -17,6 +17,7 @@ from lmfuse.errors import InputError
 from lmfuse.eval.scorer import Scorer
 
 if TYPE_CHECKING:  # importing models pulls in torch; keep `lmfuse --help` fast
+    from lmfuse.eval.runner import Results
     from lmfuse.models.member import Member
 
 PACKS = ("default",)
@@ -56,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="NLL normalisation for weights and the seed member (default: %(default)s)")
     parser.add_argument("--window", type=int, default=2048, help="rolling-window tokens for bits per byte")
     parser.add_argument("--out", type=Path, help="directory for results.json, report.md and plot.png")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the tasks an earlier, stopped run already finished in --out (same settings)")
 
 
 def load_members(args: argparse.Namespace) -> list[Member]:
@@ -116,6 +119,23 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(argv)
 
 
+def earlier_results(args: argparse.Namespace) -> Results | None:
+    """With ``--resume``, the results an earlier run left in ``--out`` (None when it left none)."""
+    from lmfuse.eval.runner import Results
+
+    if not args.resume:
+        return None
+    if args.out is None:
+        raise InputError("--resume needs --out: the directory where the earlier run wrote results.json")
+    path = args.out / "results.json"
+    if not path.is_file():
+        print(f"--resume: no {path} yet; starting from the first task", file=sys.stderr)
+        return None
+    previous = Results.load(path)
+    print(f"--resume: {len(previous.tasks)} finished task(s) in {path} are kept", file=sys.stderr)
+    return previous
+
+
 def run(args: argparse.Namespace) -> int:
     from lmfuse.eval.combined import CombinedScorer
     from lmfuse.eval.report import markdown, write_report
@@ -130,11 +150,12 @@ def run(args: argparse.Namespace) -> int:
     if args.shots < 0:
         raise InputError(f"--shots must be >= 0, got {args.shots}")
     tasks = [load_task(name) for name in names]  # bad names and files fail before models load
+    previous = earlier_results(args)
     scorer = CombinedScorer(build_scorers(args, load_members(args)))
     results = evaluate(
         scorer, tasks, limit=args.limit, shots=args.shots, seed=args.seed, provenance=scorer.provenance(),
         extra_settings={"command": command_line(args)},
-        on_task=(lambda partial: write_report(partial, args.out)) if args.out else None,
+        on_task=(lambda partial: write_report(partial, args.out)) if args.out else None, resume=previous,
     )
     if args.out:
         paths = write_report(results, args.out)

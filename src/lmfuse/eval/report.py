@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmfuse import atomic
 from lmfuse.eval.runner import Results, TaskResult
 
 
@@ -12,7 +13,7 @@ def write_report(results: Results, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "report.md", "plot": out_dir / "plot.png"}
     results.save(paths["json"])
-    paths["markdown"].write_text(markdown(results), encoding="utf-8")
+    atomic.write_text(paths["markdown"], markdown(results))
     plot(results, paths["plot"])
     return paths
 
@@ -128,5 +129,6 @@ def plot(results: Results, path: Path) -> None:
     s = results.settings
     fig.suptitle(f"lmfuse eval: limit {s['limit']}, {s['shots']}-shot, seed {s['seed']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.replacing(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)

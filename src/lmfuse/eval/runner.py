@@ -18,6 +18,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lmfuse import atomic
+from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.eval import metrics
 from lmfuse.eval.scorer import Scorer
 from lmfuse.eval.tasks import MCTask, Task, TextTask, describe_examples, load_task
@@ -57,12 +59,30 @@ class Results:
         return {"settings": self.settings, "tasks": [asdict(t) for t in self.tasks]}
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Results:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(settings=data["settings"], tasks=[TaskResult(**t) for t in data["tasks"]])
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(settings=data["settings"], tasks=[TaskResult(**t) for t in data["tasks"]])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{str(path)!r} is not an lmfuse results file ({type(exc).__name__}: {exc}); "
+                                   "remove it or choose another --out") from None
+
+
+RESUME_KEYS = ("limit", "shots", "seed", "systems", "models")
+
+
+def finished_tasks(previous: Results, settings: dict[str, Any]) -> dict[str, TaskResult]:
+    """The tasks of an earlier run that this run may reuse, by name; the runs must agree on every
+    setting that changes a task's outcome (``RESUME_KEYS``), else an ``InputError`` names the
+    differences."""
+    diff = [k for k in RESUME_KEYS if previous.settings.get(k) != settings.get(k)]
+    if diff:
+        detail = "; ".join(f"{k}: {previous.settings.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
+        raise InputError(f"cannot resume: the earlier run differs in {detail}; use another --out or drop --resume")
+    return {t.task: t for t in previous.tasks}
 
 
 def merge(parts: Sequence[Results]) -> Results:
@@ -110,13 +130,15 @@ def evaluate(
     shakespeare_root: Path | None = None,
     extra_settings: dict[str, Any] | None = None,
     on_task: Callable[[Results], object] | None = None,
+    resume: Results | None = None,
 ) -> Results:
     """Evaluate every system of ``scorer`` on ``tasks`` (names or loaded tasks).
 
     ``limit`` caps the examples (MC) or text chunks (text) per task, drawn with ``seed``; ``shots``
     demonstrations precede each MC query, drawn per example with the same seed. ``on_task`` sees
     the partial results after each task (the CLI writes them, so a long run that is stopped keeps
-    the tasks it finished).
+    the tasks it finished); given those partial results as ``resume``, a rerun skips the finished
+    tasks (see ``finished_tasks`` for when that is allowed).
     """
     loaded = [
         t if not isinstance(t, str) else load_task(t, bigbench_root=bigbench_root, shakespeare_root=shakespeare_root)
@@ -137,7 +159,15 @@ def evaluate(
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra_settings or {}),
     })
+    done = finished_tasks(resume, results.settings) if resume is not None else {}
+    earlier = 0.0
+    if done:
+        results.settings["resumed_tasks"] = [t.name for t in loaded if t.name in done]
+        earlier = float(resume.settings.get("wall_seconds", 0.0)) if resume is not None else 0.0
     for task in tqdm(loaded, desc="tasks", unit="task", disable=len(loaded) < 2):
+        if task.name in done:
+            results.tasks.append(done[task.name])
+            continue
         t0 = time.perf_counter()
         if isinstance(task, MCTask):
             outcome = _run_mc(scorer, task, limit, shots, seed)
@@ -145,10 +175,10 @@ def evaluate(
             outcome = _run_text(scorer, task, limit, seed)
         outcome.seconds = round(time.perf_counter() - t0, 2)
         results.tasks.append(outcome)
-        results.settings["wall_seconds"] = round(time.time() - started, 1)
+        results.settings["wall_seconds"] = round(time.time() - started + earlier, 1)
         if on_task is not None:
             on_task(results)
-    results.settings["wall_seconds"] = round(time.time() - started, 1)
+    results.settings["wall_seconds"] = round(time.time() - started + earlier, 1)
     return results
 
 
