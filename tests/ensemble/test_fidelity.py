@@ -83,3 +83,64 @@ def test_all_weight_on_b_with_seed_a_reproduces_b_own_greedy_text(
     assert gen.weights.seed == a.name
     assert char_agreement(own.text, gen.text) == 1.0, (own.text, gen.text)
     assert gen.text == own.text and gen.finish_reason == "stop"
+
+
+class PathOracle(Oracle):
+    """A stricter oracle: it knows only its own canonical token path of ``target`` (``prefix + ids``).
+
+    Fed exactly a prefix of that path it predicts the next id of it; fed anything else (another
+    segmentation of the same text, such as ``ĠĠĠĠ`` where its path has ``ĠĠĠ Ġre``) it writes EOS, as a
+    model does in a context it never saw in training.
+    """
+
+    def __init__(self, tokenizer: Any, target: str, width: int) -> None:
+        super().__init__(tokenizer, target, width)
+        self.path = [tokenizer.bos_token_id, *tokenizer(target, add_special_tokens=False)["input_ids"]]
+
+    def _next(self, ids: list[int]) -> torch.Tensor:
+        hist = [self.path[0], *ids]
+        logits = torch.zeros(self.lm_head.weight.shape[0])
+        n = len(hist)
+        if hist == self.path[:n] and n < len(self.path):
+            logits[self.path[n]] = 12.0
+            if n + 1 < len(self.path):
+                logits[self.path[n + 1]] = 6.0
+        else:
+            logits[self.tok.eos_token_id] = 12.0
+        return logits
+
+
+RESEGMENTING_TARGETS = [
+    TARGET,
+    "\ndef add(a, b):\n    return a + b\n\n\nclass Stack:\n        x = 1   ",
+    " the end.\n\n    Whether   it  is\n  nobler",
+]
+
+
+def test_toy_tokenizers_resegment_a_growing_text(toy_members: dict[str, Member]) -> None:
+    """The mechanism the next test guards against: the tokens of a text that is still growing are not a prefix
+    of the longer text's tokens. Byte-level BPE groups a text-final whitespace run (``ĠĠĠĠ``) but splits off
+    its last space before a word (``ĠĠĠ Ġre``); BPE merges re-segment earlier pieces (``cl as`` -> ``cl a ss``)."""
+    cases = {"bytebpe": ("def add(a, b):\n    ", "return"), "sentencepiece": ("\n\n\nclas", "s")}
+    for family, (part, more) in cases.items():
+        m = toy_members[family]
+        n = len(m.encode(part).ids)
+        assert m.encode(part + more).ids[:n] != m.encode(part).ids, family
+
+
+@pytest.mark.parametrize("target", RESEGMENTING_TARGETS)
+@pytest.mark.parametrize(("seed_family", "b_family"), [("bytebpe", "sentencepiece"), ("sentencepiece", "bytebpe")])
+def test_fidelity_path_oracle_member_reads_its_own_pieces(
+        toy_members: dict[str, Member], seed_family: str, b_family: str, target: str) -> None:
+    """Regression (gemma3 seed, all weight on smollm2 diverged after ``" Rome.\\n\\n"``): the member re-read
+    ``"\\n\\n"`` as ``ĊĊ``, where its own path was ``Ċ Ċ The``, and then wrote ``"2."``. A member must read
+    the growing text in the pieces it would have written itself, merging only where it prefers the merge."""
+    a, like = toy_members[seed_family], toy_members[b_family]
+    b = Member(name=f"path-oracle-{like.name}", tokenizer=like.tokenizer,
+               model=PathOracle(like.tokenizer, PROMPT + target, like.logits_width), source="test")
+    own = Pack([b]).generate([PROMPT], max_new_tokens=80)[0]
+    assert own.text == target and own.finish_reason == "stop"
+    fused = Pack([a, b], weighting="fixed", seed_member=a.name, options=WeightOptions(fixed=[0.0, 1.0]))
+    gen = fused.generate([PROMPT], max_new_tokens=120)[0]
+    assert gen.text == own.text, (own.text, gen.text)
+    assert gen.finish_reason == "stop"

@@ -63,6 +63,16 @@ class Healer:
     max_candidates: int = 64  # most likely extensions considered
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @dataclass
 class _Reader:
     """One member's view of the text: the ids in its KV cache and its next-token row."""
@@ -76,6 +86,15 @@ class _Reader:
     healer: Healer | None = None
     product: bool = True  # the pack's fusion rule is the product (holes get a floor) rather than the mixture
     healed: torch.Tensor | None = None  # [V_seed] next-text distribution, already in the seed's vocabulary
+    surfaces: list[bytes] | None = None  # member id -> surface bytes (text mode: checks a piece's ids)
+    text: str = ""  # the generated text ``ids[len(head):]`` spell
+    # position p -> [V] row predicting ``ids[p]`` (the last ``history`` generated positions and the next one)
+    rows_at: dict[int, torch.Tensor] = field(default_factory=dict)
+    history: int = 8
+
+    def __post_init__(self) -> None:
+        if self.row is not None:
+            self.rows_at[len(self.ids)] = self.row
 
     def append(self, token: int) -> None:
         self.row = forward_cached(self.member, [token], self.cache)[-1]
@@ -93,8 +112,43 @@ class _Reader:
                 return j, text, ext
         return 0, b"", np.zeros(0, dtype=np.int64)
 
+    def _extended(self, generated: str) -> list[int] | None:
+        """``ids`` + the member's tokens of the new text only (its reading so far kept), if they spell it."""
+        if self.surfaces is None or len(generated) <= len(self.text) or not generated.startswith(self.text):
+            return None
+        piece = generated[len(self.text):]
+        new = self.member.encode(piece).ids
+        # A tokenizer may add a dummy prefix space to a piece (SentencePiece) or drop spaces (WordPiece).
+        spelled = b"".join(self.surfaces[t] if t < len(self.surfaces) else b"" for t in new)
+        return self.ids + new if spelled == piece.encode("utf-8") else None
+
+    def reading(self, generated: str) -> list[int]:
+        """The ids the member reads ``generated`` as: its canonical tokenization, unless it would have
+        written the text in its own pieces so far.
+
+        A tokenization of a text that is still growing is not always a prefix of the tokenization of the
+        longer text. Byte-level BPE groups a text-final whitespace run into one token (``"\n\n"`` ->
+        ``ĊĊ``) but, before a word, splits off the last whitespace character (``Ċ Ċ The``); SentencePiece
+        pre-tokenizers do the same with runs of ``▁``. A model never sees ``ĊĊ`` before a word in
+        training, so re-reading the text canonically at every step puts it in a context it does not know
+        (SmolLM2 writes ``"2."`` after ``ĊĊ`` but ``"The"`` after ``Ċ Ċ``). The alternative reading keeps
+        the member's ids and tokenizes only the new text. Where the two first differ (position ``p``),
+        the member's own row at ``p`` decides: the reading whose token there it finds more likely is the
+        one it would have written itself (ties: canonical). A merge such as ``"hel" + "lo"`` still
+        becomes ``"hello"`` because the member prefers ``hello`` to ``hel`` before it.
+        """
+        canonical = self.head + (self.member.encode(generated).ids if generated else [])
+        extended = self._extended(generated)
+        if extended is None or extended == canonical:
+            return canonical
+        p = common_prefix(extended, canonical)
+        row = self.rows_at.get(p) if p < min(len(extended), len(canonical)) else None
+        if row is not None and float(row[extended[p]]) > float(row[canonical[p]]):
+            return extended
+        return canonical
+
     def sync(self, generated: str) -> None:
-        """Bring the cache to ``head + tokenization(generated)``, reusing the common prefix.
+        """Bring the cache to ``head + reading(generated)``, reusing the common prefix.
 
         Token healing: when the text ends with tokens ``t_1..t_j`` whose joint text is a proper prefix of
         longer member tokens (the seed wrote a piece of a word the member holds as one token), the member's
@@ -102,24 +156,27 @@ class _Reader:
         text is the rest of those extensions (mapped to the seed's longest-prefix tokens), not a guess
         from the middle of a token; otherwise the split is kept and the row after ``t_j`` is used.
         """
-        want = self.head + (self.member.encode(generated).ids if generated else [])
-        common = 0
-        for a, b in zip(self.ids, want, strict=False):
-            if a != b:
-                break
-            common += 1
+        want = self.reading(generated)
+        common = common_prefix(self.ids, want)
         self.healed = None
+        self.text = generated
         if common == len(want) == len(self.ids) and self.row is not None:
             return
+        # Rows of positions <= common stay valid (they depend on ids[:p] only); the rest are recomputed.
+        self.rows_at = {p: r for p, r in self.rows_at.items() if p <= common and p > len(want) - self.history}
         j, tail, ext = self._tail(want)
-        common = min(common, len(want) - 1 - j)  # feed the tail, and one token before it when healing
+        common = min(common, len(want) - 1)  # always feed at least the last token (it gives the next row)
+        if j and len(want) - j not in self.rows_at:
+            common = min(common, len(want) - 1 - j)  # feed one token before the tail too: its row heals
         if common < len(self.ids):
             crop_to(self.cache, common)
-        rows = forward_cached(self.member, want[common:], self.cache)
+        rows = forward_cached(self.member, want[common:], self.cache)  # rows[i] predicts want[common + i + 1]
+        for i in range(max(0, len(rows) - self.history), len(rows)):
+            self.rows_at[common + i + 1] = rows[i]
         self.row = rows[-1]
         self.ids = list(want)
         if j:
-            self.healed = self._heal(rows[-1 - j], want[-j], tail, ext)
+            self.healed = self._heal(self.rows_at[len(want) - j], want[-j], tail, ext)
 
     def _heal(self, before: torch.Tensor, first: int, tail: bytes, ext: np.ndarray) -> torch.Tensor | None:
         h = self.healer
@@ -228,8 +285,9 @@ class Stream:
             if mode == "text" and float(self.lam[k]) > 0 and pack.healing:
                 healer = Healer(pack._table(k).surface, pack.surface_index(k), pack.surface_index(self.seed_k),
                                 pack.members[self.seed_k].logits_width)
+            surfaces = pack._table(k).surface if mode == "text" else None
             self.readers.append(_Reader(m, mode, heads[k], list(heads[k]), caches[k], rows[k], healer,
-                                        pack.fusion == "product"))
+                                        pack.fusion == "product", surfaces=surfaces))
         seed_member = pack.members[self.seed_k]
         self.allowed = allowed_ids(seed_member)
         self.eos = seed_member.tokenizer.eos_token_id
