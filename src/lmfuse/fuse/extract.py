@@ -14,6 +14,14 @@ Per row: ``key`` (row index in the corpus), ``hash`` (of the text), ``nll_sum`` 
 ``n_bytes`` (UTF-8 bytes of the text). At k = 10 with a vocabulary below 65,535 a token costs
 2 + 4 + 20 + 20 + 2 = 48 bytes (the reference stores ~173).
 
+**Contexts** (instruction data, ProFuser): with ``contexts``, row r is a response and the member reads
+``[prefix] + encode(contexts[r]) + encode(rows[r])`` — its own rendered prompt, then the response,
+encoded separately so no token straddles the boundary (``fuse/instruct.py``). Only the response tokens
+are stored, with offsets relative to the response, so every member's rows cover the same text and the
+stages after extraction are unchanged; ``nll_sum`` is the response's NLL given the prompt. Extra per-row
+arrays: ``context_chars`` (where the response starts in the member's full text, in characters) and
+``n_context`` (its prompt tokens).
+
 Rows are split into shards of ``rows_per_shard``; shard s is done by process ``s % num_shards ==
 shard_index``, so several processes (``accelerate launch`` or ``--num-shards/--shard-index``) share
 one corpus. A shard that exists on disk is complete and skipped, so a killed run resumes at the first
@@ -65,8 +73,11 @@ def extract_member(
     num_shards: int = 1,
     shard_index: int = 0,
     progress: bool = True,
+    contexts: Sequence[str] | None = None,
 ) -> Path:
     """Extract ``member``'s top-k over ``rows`` into ``out_dir`` (resumable). Returns ``out_dir``.
+
+    ``contexts`` (one per row): text the member reads before each row, not stored (see the module doc).
 
     The manifest is written (complete) by whichever process finds every shard present at its end.
     """
@@ -80,15 +91,19 @@ def extract_member(
         "num_rows": len(rows), "corpus": corpus_fingerprint(rows), "width": member.logits_width,
         "prefix_token_id": member.prefix_token_id, "format": 1,
     }
+    if contexts is not None:
+        if len(contexts) != len(rows):
+            raise InputError(f"{len(contexts)} contexts for {len(rows)} rows")
+        config["contexts"] = corpus_fingerprint(contexts)
     store.check_config(out_dir, config)
     mine = [s for s in range(total) if s % num_shards == shard_index]
     todo = [s for s in mine if not store.shard_path(out_dir, s).is_file()]
     bar = tqdm(total=None, unit="tok", unit_scale=True, disable=not progress,
                desc=f"extract {member.name} ({len(todo)}/{len(mine)} shards to do)")
     for s in todo:
-        chunk = rows[s * rows_per_shard : (s + 1) * rows_per_shard]
-        shard = extract_rows(member, chunk, first_key=s * rows_per_shard, top_k=top_k,
-                             batch_size=batch_size, bar=bar)
+        lo, hi = s * rows_per_shard, (s + 1) * rows_per_shard
+        shard = extract_rows(member, rows[lo:hi], first_key=lo, top_k=top_k, batch_size=batch_size, bar=bar,
+                             contexts=None if contexts is None else contexts[lo:hi])
         store.write_shard(store.shard_path(out_dir, s), shard)
     bar.close()
     if all(store.shard_path(out_dir, s).is_file() for s in range(total)):
@@ -97,11 +112,12 @@ def extract_member(
 
 
 def extract_rows(member: Member, rows: Sequence[str], first_key: int = 0, top_k: int = 10,
-                 batch_size: int = 8, bar: Any = None) -> store.Shard:
+                 batch_size: int = 8, bar: Any = None, contexts: Sequence[str] | None = None) -> store.Shard:
     """Top-k distributions of ``member`` for every token of ``rows`` (one shard, in row order)."""
     width = member.logits_width
     k = min(top_k, width)
     encs = [member.encode(text) for text in rows]
+    ctx = [member.encode(c).ids for c in contexts] if contexts is not None else [[] for _ in rows]
     results: list[dict[str, np.ndarray] | None] = [None] * len(rows)
     # Sort by length so batches pad little; results go back to row order.
     order = sorted(range(len(rows)), key=lambda r: len(encs[r].ids))
@@ -114,11 +130,13 @@ def extract_rows(member: Member, rows: Sequence[str], first_key: int = 0, top_k:
         if not batch_rows:
             continue
         started = time.perf_counter()
-        logits, _ = member.logits([[prefix, *encs[r].ids] for r in batch_rows])
+        logits, _ = member.logits([[prefix, *ctx[r], *encs[r].ids] for r in batch_rows])
         for row, r in enumerate(batch_rows):
             ids = torch.as_tensor(encs[r].ids, dtype=torch.long, device=logits.device)
-            # Positions 0..T-1 of [prefix, ids...] predict ids[0..T-1]; the last position predicts past the row.
-            lp = torch.log_softmax(logits[row, : len(ids)].float(), dim=-1)
+            # Positions c..c+T-1 of [prefix, context (c tokens), ids...] predict ids[0..T-1]; the last
+            # position predicts past the row.
+            c = len(ctx[r])
+            lp = torch.log_softmax(logits[row, c : c + len(ids)].float(), dim=-1)
             check_finite(lp, member.name)
             values, index = lp.topk(k, dim=-1)
             nll = -lp.gather(-1, ids[:, None])[:, 0]
@@ -147,6 +165,10 @@ def extract_rows(member: Member, rows: Sequence[str], first_key: int = 0, top_k:
         "nll_sum": [float(x["nll"].astype(np.float64).sum()) for x in done],
         "n_bytes": [len(t.encode("utf-8")) for t in rows],
     }
+    if contexts is not None:
+        row_arrays["context_chars"] = [len(c) for c in contexts]
+        row_arrays["n_context"] = [len(c) for c in ctx]
+        dtypes.update(context_chars=np.int64, n_context=np.int64)
     meta = {"member": member.name, "width": str(width), "top_k": str(k),
             "prefix_token_id": str(member.prefix_token_id)}
     return store.Shard.from_rows(row_arrays, tokens, meta, dtypes)

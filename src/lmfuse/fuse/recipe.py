@@ -22,7 +22,6 @@ import yaml
 from lmfuse.errors import InputError
 from lmfuse.registry import suggest
 
-
 METHODS = ("fusellm", "profuser")
 DATA_FORMATS = ("text", "instruct")
 

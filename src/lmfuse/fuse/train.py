@@ -11,7 +11,15 @@ every process's RNG, via ``Accelerator.save_state``) plus the step therefore res
 Incomplete global micro-batches and accumulation windows at the end of an epoch are dropped.
 
 Row layout: stored entry j predicts target token j, so the model reads ``[prefix] + ids[:-1]``
-and position j is trained towards ``ids[j]`` (CLM) and the fused teacher entry j (fusion).
+and position j is trained towards ``ids[j]`` (CLM) and the fused teacher entry j (fusion). A row with a
+``context`` (instruction data: the target's rendered prompt) reads ``[prefix] + context + ids[:-1]``;
+the context positions carry no label and no teacher, so the loss covers the response only.
+
+**Modes** (ProFuser). An example may hold several rows, one per *mode* (ProFuser: the inference-mode
+row, then the training-mode row of the same prompt). ``weights(step, total_steps)`` gives one weight
+per mode; each mode's loss is ``lambda * CLM + (1 - lambda) * fusion`` over its own rows, and the step's
+loss is their weighted sum. The active modes' rows share one forward pass (one backward, so DDP
+synchronises once); a mode of weight 0 is left out of the step. FuseLLM is the one-mode case.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +46,43 @@ from lmfuse.fuse.recipe import TrainConfig
 from lmfuse.models.member import Member
 
 
+def _no_context() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class FusedRow:
-    """One training row: ``ids [T]`` target tokens, teacher ``topk_ids [T, K]`` / ``topk_logp [T, K]``."""
+    """One training row: ``ids [T]`` target tokens, teacher ``topk_ids [T, K]`` / ``topk_logp [T, K]``
+    (-1 / -inf: no teacher at that token), and ``context [C]``: unlabelled tokens read before ``ids``."""
 
     ids: np.ndarray
     topk_ids: np.ndarray
     topk_logp: np.ndarray
+    context: np.ndarray = field(default_factory=_no_context)
+
+
+def load_fused_by_key(fused_dir: Path) -> dict[int, FusedRow]:
+    """Every row of a finished combine stage (empty ones included), by row key."""
+    manifest = store.read_json(fused_dir / "manifest.json")
+    out = {}
+    for path in store.list_shards(fused_dir, manifest["num_shards"]):
+        shard = store.read_shard(path)
+        for r in range(shard.num_rows):
+            out[int(shard.rows["key"][r])] = FusedRow(store.unpack_ids(shard.row(r, "ids")),
+                                                      store.unpack_ids(shard.row(r, "topk_ids")),
+                                                      shard.row(r, "topk_logp").astype(np.float32))
+    return out
 
 
 def load_fused(fused_dir: Path) -> list[FusedRow]:
     """Every non-empty row of a finished combine stage, in corpus order."""
-    manifest = store.read_json(fused_dir / "manifest.json")
-    out = []
-    for path in store.list_shards(fused_dir, manifest["num_shards"]):
-        shard = store.read_shard(path)
-        for r in range(shard.num_rows):
-            ids = store.unpack_ids(shard.row(r, "ids"))
-            if len(ids):
-                out.append(FusedRow(ids, store.unpack_ids(shard.row(r, "topk_ids")),
-                                    shard.row(r, "topk_logp").astype(np.float32)))
-    return out
+    rows = load_fused_by_key(fused_dir)
+    return [rows[k] for k in sorted(rows) if len(rows[k].ids)]
 
 
 def collate(rows: list[FusedRow], prefix: int, pad: int) -> dict[str, torch.Tensor]:
     """Right-padded batch: ``input_ids``/``attention_mask``/``labels`` ``[B, T]``, teacher ``[B, T, K]``."""
-    T = max(len(r.ids) for r in rows)
+    T = max(len(r.context) + len(r.ids) for r in rows)
     K = max(r.topk_ids.shape[1] for r in rows)
     B = len(rows)
     input_ids = torch.full((B, T), pad, dtype=torch.long)
@@ -72,16 +91,20 @@ def collate(rows: list[FusedRow], prefix: int, pad: int) -> dict[str, torch.Tens
     t_ids = torch.full((B, T, K), -1, dtype=torch.long)
     t_lp = torch.full((B, T, K), -torch.inf, dtype=torch.float32)
     for b, r in enumerate(rows):
-        n, k = len(r.ids), r.topk_ids.shape[1]
-        ids = torch.as_tensor(r.ids)
+        c, n, k = len(r.context), len(r.context) + len(r.ids), r.topk_ids.shape[1]
+        seq = torch.as_tensor(np.concatenate([r.context, r.ids]).astype(np.int64))
         input_ids[b, 0] = prefix
-        input_ids[b, 1:n] = ids[:-1]
+        input_ids[b, 1:n] = seq[:-1]
         mask[b, :n] = 1
-        labels[b, :n] = ids
-        t_ids[b, :n, :k] = torch.as_tensor(r.topk_ids)
-        t_lp[b, :n, :k] = torch.as_tensor(r.topk_logp)
+        labels[b, c:n] = seq[c:]
+        t_ids[b, c:n, :k] = torch.as_tensor(r.topk_ids)
+        t_lp[b, c:n, :k] = torch.as_tensor(r.topk_logp)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "teacher_ids": t_ids,
             "teacher_logp": t_lp}
+
+
+Weights = Callable[[int, int], Sequence[float]]
+"""``(optimizer step, total steps) -> one loss weight per mode``."""
 
 
 class Schedule:
@@ -118,15 +141,19 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def train(
     target: Member,
-    fused_dir: Path,
+    fused_dir: Path | Sequence[Sequence[FusedRow]],
     out_dir: Path,
     cfg: TrainConfig,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    modes: Sequence[str] = ("fused",),
+    weights: Weights | None = None,
 ) -> Path:
     """Train a copy of ``target``'s model; write checkpoints under ``out_dir/checkpoints`` and the final
     HF model directory (weights + tokenizer) to ``out_dir/model``, which is returned.
 
+    ``fused_dir``: a finished combine stage (FuseLLM: one mode), or the examples themselves, each a
+    sequence of rows, one per name in ``modes``, weighted by ``weights`` (default: 1 for every mode).
     Resumes from the latest checkpoint in ``out_dir/checkpoints``. ``on_step(step, logs)`` is called
     after every optimizer step (after any checkpoint of that step).
     """
@@ -139,8 +166,11 @@ def train(
     accelerator = Accelerator(cpu=use_cpu())
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-    rows = load_fused(fused_dir)
-    sched = Schedule(len(rows), cfg, accelerator.num_processes)
+    examples = [(r,) for r in load_fused(fused_dir)] if isinstance(fused_dir, Path) else list(fused_dir)
+    if any(len(ex) != len(modes) for ex in examples):
+        raise InputError(f"every training example needs one row per mode {list(modes)}")
+    weigh: Weights = weights or (lambda step, total: [1.0] * len(modes))
+    sched = Schedule(len(examples), cfg, accelerator.num_processes)
     model = copy.deepcopy(target.model).float()
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -162,28 +192,43 @@ def train(
     log_path = out_dir / "train_log.jsonl"
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", unit="step",
                disable=not (progress and accelerator.is_main_process))
+    # Logged per mode as "clm"/"fusion" (one mode) or "<mode>_clm"/"<mode>_fusion" (several).
+    part_keys = [(m, "clm" if len(modes) == 1 else f"{name}_clm", "fusion" if len(modes) == 1 else f"{name}_fusion")
+                 for m, name in enumerate(modes)]
+    keys = ["loss"] + [k for _, clm_key, fusion_key in part_keys for k in (clm_key, fusion_key)]
     for step in range(start, sched.total_steps):
         started = time.perf_counter()
-        sums = {"loss": 0.0, "clm": 0.0, "fusion": 0.0}
+        w = [float(x) for x in weigh(step, sched.total_steps)]
+        active = [m for m in range(len(modes)) if w[m] != 0.0]
+        if len(w) != len(modes) or not active:
+            raise InputError(f"step {step}: mode weights {w} must give a non-zero weight to one of {list(modes)}")
+        sums = dict.fromkeys(keys, 0.0)
         n_tokens = 0
         for micro in range(cfg.grad_accum):
-            batch = collate([rows[i] for i in sched.rows(step * cfg.grad_accum + micro, accelerator.process_index)],
-                            prefix, pad)
+            chosen = [examples[i] for i in sched.rows(step * cfg.grad_accum + micro, accelerator.process_index)]
+            # The active modes' rows in one batch: mode m owns rows m_slot*B .. (m_slot+1)*B - 1.
+            batch = collate([ex[m] for m in active for ex in chosen], prefix, pad)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = micro == cfg.grad_accum - 1
             with nullcontext() if sync else accelerator.no_sync(model):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                parts = fuse_loss(logits, batch["labels"], batch["teacher_ids"], batch["teacher_logp"],
-                                  lm_weight=cfg.lm_weight, kind=cfg.loss)
-                accelerator.backward(parts.total / cfg.grad_accum)
-            sums["loss"] += float(parts.total.detach()) / cfg.grad_accum
-            sums["clm"] += float(parts.clm.detach()) / cfg.grad_accum
-            sums["fusion"] += float(parts.fusion.detach()) / cfg.grad_accum
+                total = logits.new_zeros(())
+                for slot, m in enumerate(active):
+                    sl = slice(slot * len(chosen), (slot + 1) * len(chosen))
+                    parts = fuse_loss(logits[sl], batch["labels"][sl], batch["teacher_ids"][sl],
+                                      batch["teacher_logp"][sl], lm_weight=cfg.lm_weight, kind=cfg.loss)
+                    total = total + w[m] * parts.total
+                    sums[part_keys[m][1]] += float(parts.clm.detach()) / cfg.grad_accum
+                    sums[part_keys[m][2]] += float(parts.fusion.detach()) / cfg.grad_accum
+                accelerator.backward(total / cfg.grad_accum)
+            sums["loss"] += float(total.detach()) / cfg.grad_accum
             n_tokens += int(batch["attention_mask"].sum())
         # Logged losses are means over processes (each process only saw its share of the rows).
-        reduced = accelerator.reduce(torch.tensor([sums["loss"], sums["clm"], sums["fusion"]],
-                                                  device=accelerator.device), reduction="mean").tolist()
-        sums = dict(zip(("loss", "clm", "fusion"), reduced, strict=True))
+        reduced = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device),
+                                     reduction="mean").tolist()
+        sums = dict(zip(keys, reduced, strict=True))
+        if len(modes) > 1:
+            sums.update({f"w_{name}": w[m] for m, name in enumerate(modes)})
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()

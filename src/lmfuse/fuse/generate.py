@@ -1,0 +1,131 @@
+"""ProFuser's generation stage: every candidate answers every prompt with its own chat template.
+
+Prompts are split into shards of ``rows_per_shard``; shard s is done by process ``s % num_shards ==
+shard_index`` (as extraction). Each shard is one JSON file written atomically (``store.write_json``), so
+a shard that exists is complete and a killed run resumes at the first missing one; ``config.json``
+refuses a resume with other settings, and the manifest (written last) records the decoding settings.
+
+Decoding: batched, left-padded (``Member.model.generate``), greedy or sampled. Sampling in shard s runs
+under the seed ``seed + s`` (the global RNG is restored afterwards), so a shard's responses do not depend
+on which shards ran before it in this process — resumed and uninterrupted runs draw the same responses.
+A reply stops at the member's end-of-turn token or EOS (``instruct.stop_ids``) and, in the plain format,
+at the next ``"\\nUser:"``; it is decoded without special tokens and stripped of surrounding whitespace.
+
+Shard file: ``{"key": [...], "prompt_hash": [...], "response": [...], "n_tokens": [...], "stopped": [...]}``
+(``n_tokens`` generated tokens before the stop; ``stopped`` false when ``max_new_tokens`` cut the reply).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lmfuse.errors import InputError
+from lmfuse.fuse import store
+from lmfuse.fuse.extract import corpus_fingerprint
+from lmfuse.fuse.instruct import cut_reply, stop_ids
+from lmfuse.fuse.recipe import GenerateConfig
+from lmfuse.models.member import Member
+
+
+def shard_file(directory: Path, index: int) -> Path:
+    return directory / f"shard-{index:05d}.json"
+
+
+def generate_member(member: Member, prompts: Sequence[str], out_dir: Path, cfg: GenerateConfig,
+                    templated: bool, num_shards: int = 1, shard_index: int = 0, progress: bool = True) -> Path:
+    """Generate ``member``'s reply to every rendered prompt into ``out_dir`` (resumable). Returns ``out_dir``."""
+    if not 0 <= shard_index < num_shards:
+        raise InputError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
+    total = math.ceil(len(prompts) / cfg.rows_per_shard)
+    config = {"stage": "generate", "member": member.name, "prompts": corpus_fingerprint(prompts),
+              "num_rows": len(prompts), "templated": templated, "stop_ids": stop_ids(member.tokenizer, templated),
+              **asdict(cfg), "format": 1}
+    store.check_config(out_dir, config)
+    mine = [s for s in range(total) if s % num_shards == shard_index]
+    todo = [s for s in mine if not shard_file(out_dir, s).is_file()]
+    for s in tqdm(todo, desc=f"generate {member.name}", unit="shard", disable=not progress):
+        lo = s * cfg.rows_per_shard
+        chunk = list(prompts[lo : lo + cfg.rows_per_shard])
+        replies = generate_rows(member, chunk, cfg, templated, seed=cfg.seed + s)
+        store.write_json(shard_file(out_dir, s), {
+            "key": list(range(lo, lo + len(chunk))), "prompt_hash": [store.text_hash(p) for p in chunk],
+            "response": [r[0] for r in replies], "n_tokens": [r[1] for r in replies],
+            "stopped": [r[2] for r in replies]})
+    if all(shard_file(out_dir, s).is_file() for s in range(total)):
+        store.write_json(out_dir / "manifest.json", {**config, "num_shards": total, "complete": True})
+    return out_dir
+
+
+def generate_rows(member: Member, prompts: Sequence[str], cfg: GenerateConfig, templated: bool,
+                  seed: int) -> list[tuple[str, int, bool]]:
+    """``(reply, generated tokens, stopped)`` for each prompt, batched (order kept)."""
+    tok, model = member.tokenizer, member.model
+    stops = stop_ids(tok, templated)
+    encs = [[member.prefix_token_id, *member.encode(p).ids] for p in prompts]
+    limit = member.context_length - cfg.max_new_tokens
+    too_long = [i for i, e in enumerate(encs) if len(e) > limit]
+    if too_long:
+        raise InputError(f"member {member.name!r}: prompt {too_long[0]} has {len(encs[too_long[0]])} tokens; with "
+                         f"generate.max_new_tokens={cfg.max_new_tokens} it exceeds the context of "
+                         f"{member.context_length} (lower max_new_tokens or data.max_chars)")
+    # Sorted by length so batches pad little; the results go back to prompt order.
+    order = sorted(range(len(prompts)), key=lambda i: len(encs[i]))
+    out: list[tuple[str, int, bool] | None] = [None] * len(prompts)
+    devices = [member.device] if member.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for b in range(0, len(order), cfg.batch_size):
+            rows = order[b : b + cfg.batch_size]
+            new = _generate_batch(model, [encs[i] for i in rows], member.pad_token_id, stops, cfg, member.device)
+            for i, ids in zip(rows, new, strict=True):
+                cut = next((j for j, t in enumerate(ids) if t in stops), None)
+                kept = ids if cut is None else ids[:cut]
+                text = tok.decode(kept, skip_special_tokens=True)
+                out[i] = (cut_reply(text, templated), len(kept), cut is not None)
+    return [x for x in out if x is not None]
+
+
+@torch.inference_mode()
+def _generate_batch(model: Any, batch: list[list[int]], pad: int, stops: list[int], cfg: GenerateConfig,
+                    device: torch.device) -> list[list[int]]:
+    """New token ids of each left-padded row ``[B][<= max_new_tokens]``."""
+    longest = max(len(s) for s in batch)
+    ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for r, seq in enumerate(batch):
+        ids[r, longest - len(seq):] = torch.as_tensor(seq)
+        mask[r, longest - len(seq):] = 1
+    kwargs: dict[str, Any] = {"do_sample": cfg.do_sample, "max_new_tokens": cfg.max_new_tokens,
+                              "eos_token_id": stops, "pad_token_id": pad}
+    if cfg.do_sample:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+    else:  # unset the model's own sampling defaults: greedy is greedy
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+    return [row.tolist() for row in out[:, longest:].cpu()]
+
+
+def read_generations(out_dir: Path, prompts: Sequence[str]) -> list[str]:
+    """The replies of a finished generation stage, in prompt order (prompt hashes checked)."""
+    from lmfuse.errors import CorruptFileError
+
+    if not store.stage_done(out_dir):
+        raise InputError(f"{str(out_dir)!r} is not finished; run the 'generate' stage first")
+    manifest = store.read_json(out_dir / "manifest.json")
+    replies: list[str] = []
+    for s in range(manifest["num_shards"]):
+        shard = store.read_json(shard_file(out_dir, s))
+        replies.extend(shard["response"])
+        for key, h in zip(shard["key"], shard["prompt_hash"], strict=True):
+            if key >= len(prompts) or store.text_hash(prompts[key]) != h:
+                raise CorruptFileError(f"{str(out_dir)!r}: prompt {key} changed since generation")
+    if len(replies) != len(prompts):
+        raise CorruptFileError(f"{str(out_dir)!r} holds {len(replies)} replies for {len(prompts)} prompts")
+    return replies

@@ -1,0 +1,174 @@
+"""ProFuser's inference-mode judges: registered rewards and the vote that picks one response per prompt.
+
+A reward is built from its recipe entry (``RewardSpec``) by a registered factory and scores a batch:
+``reward(prompts, responses, references) -> float64 [N]`` (higher is better).
+
+==================  ===================================================================================
+``exact-match``     1.0 when the response's final answer equals the reference's, else 0.0. The final
+                    answer is the text after GSM8K's ``#### `` marker, else the last number; numbers are
+                    compared as decimals (``$1,000.00`` == ``1000``)
+``chrf``            sacrebleu's sentence chrF of the response against the reference, in [0, 1]
+``reward-model``    any HF ``AutoModelForSequenceClassification`` directory (``model:``): its logit for
+                    (prompt, response) when it has one label, else the log-probability of its last label;
+                    the pair is rendered with the reward model's chat template when its tokenizer has one
+==================  ===================================================================================
+
+**Vote** (``vote``; the paper's rule is unknown, this is our reconstruction): every reward gives one vote
+to its best response — shared equally when several responses tie for its best score (an exact-match
+reward often has several correct answers). The most votes win; a tie is broken by the highest mean
+z-normalised score (each reward's scores standardised over the candidates; a reward that scores every
+candidate alike contributes 0), and a remaining tie by the fixed candidate order: the target first
+(when it is a candidate), then the sources in recipe order — the same order MinCE breaks ties in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import numpy as np
+
+from lmfuse.errors import InputError
+from lmfuse.fuse.recipe import RewardSpec
+from lmfuse.registry import Registry
+
+Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
+RewardFactory = Callable[[RewardSpec], Reward]
+REWARDS: Registry[RewardFactory] = Registry("reward")
+
+_NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def _normalise_number(text: str) -> str | None:
+    try:
+        value = Decimal(text.replace("$", "").replace(",", "").lstrip("+"))
+    except InvalidOperation:
+        return None
+    return format(value.normalize(), "f")
+
+
+def final_answer(text: str) -> str | None:
+    """A response's final answer: the number after ``####`` (else that text), else the last number."""
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1].strip()
+        match = _NUMBER.search(tail)
+        if match:
+            return _normalise_number(match.group())
+        return tail.lower() or None
+    numbers = _NUMBER.findall(text)
+    return _normalise_number(numbers[-1]) if numbers else None
+
+
+@REWARDS.register("exact-match")
+def exact_match(spec: RewardSpec) -> Reward:
+    def score(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+        out = []
+        for response, reference in zip(responses, references, strict=True):
+            want = final_answer(reference)
+            out.append(float(want is not None and final_answer(response) == want))
+        return np.asarray(out, dtype=np.float64)
+
+    return score
+
+
+@REWARDS.register("chrf")
+def chrf(spec: RewardSpec) -> Reward:
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF()
+
+    def score(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+        return np.asarray([metric.sentence_score(r, [ref]).score / 100.0
+                           for r, ref in zip(responses, references, strict=True)], dtype=np.float64)
+
+    return score
+
+
+@REWARDS.register("reward-model")
+def reward_model(spec: RewardSpec) -> Reward:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lmfuse.fuse.instruct import chat_template
+
+    path = _reward_model_dir(spec)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    template = chat_template(tok, "auto")
+
+    @torch.inference_mode()
+    def score(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+        out: list[np.ndarray] = []
+        for b in range(0, len(prompts), spec.batch_size):
+            ps, rs = list(prompts[b : b + spec.batch_size]), list(responses[b : b + spec.batch_size])
+            if template is not None:
+                texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                                 tokenize=False) for p, r in zip(ps, rs, strict=True)]
+                enc = tok(texts, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt",
+                          add_special_tokens=False)
+            else:
+                enc = tok(ps, rs, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt")
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+            value = logits[:, 0] if logits.shape[-1] == 1 else torch.log_softmax(logits, dim=-1)[:, -1]
+            out.append(value.cpu().numpy().astype(np.float64))
+        return np.concatenate(out) if out else np.zeros(0, np.float64)
+
+    return score
+
+
+def _reward_model_dir(spec: RewardSpec) -> Path:
+    if not spec.model:
+        raise InputError("reward 'reward-model' needs `model:`, an HF directory of a sequence-classification model")
+    path = Path(spec.model).expanduser()
+    if not (path / "config.json").is_file():
+        raise InputError(f"reward model {spec.model!r} is not an HF model directory (no config.json)")
+    return path
+
+
+def check_reward(spec: RewardSpec) -> None:
+    """Validate a reward entry without loading anything (unknown names suggest the closest)."""
+    REWARDS.get(spec.name)
+    if spec.name == "reward-model" and not spec.model:
+        raise InputError("reward 'reward-model' needs `model:`, an HF directory of a sequence-classification model")
+    if spec.batch_size < 1 or spec.max_length < 1:
+        raise InputError(f"reward {spec.name!r}: batch_size and max_length must be at least 1")
+
+
+def build_rewards(specs: Sequence[RewardSpec]) -> list[Reward]:
+    for spec in specs:
+        check_reward(spec)
+    return [REWARDS.get(spec.name)(spec) for spec in specs]
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The outcome for one prompt: ``winner`` (candidate index), ``votes`` ``[C]``, ``mean_z`` ``[C]``."""
+
+    winner: int
+    votes: np.ndarray
+    mean_z: np.ndarray
+
+
+def vote(scores: np.ndarray) -> Vote:
+    """Pick one of C candidates from R rewards' ``scores [R, C]`` (higher is better; see the module doc)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] == 0:
+        raise InputError(f"vote needs scores of shape [rewards, candidates], got {s.shape}")
+    s = np.where(np.isnan(s), -np.inf, s)  # a failed score never wins
+    best = s == s.max(axis=1, keepdims=True)
+    votes = (best / best.sum(axis=1, keepdims=True)).sum(axis=0)
+    finite = np.where(np.isfinite(s), s, np.nan)
+    mean = np.nanmean(finite, axis=1, keepdims=True) if np.isfinite(s).any() else np.zeros((len(s), 1))
+    std = np.nan_to_num(np.nanstd(finite, axis=1, keepdims=True))
+    z = np.where(std > 0, (finite - np.nan_to_num(mean)) / np.where(std > 0, std, 1.0), 0.0)
+    z = np.where(np.isneginf(s), -np.inf, np.nan_to_num(z))
+    mean_z = z.mean(axis=0)
+    # Round before comparing: shared votes (1/3 + 1/3 vs 2/3) must tie exactly.
+    key = [(-round(float(votes[c]), 9), -round(float(mean_z[c]), 9), c) for c in range(s.shape[1])]
+    return Vote(min(key)[2], votes, mean_z)
