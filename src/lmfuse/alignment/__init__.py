@@ -4,6 +4,7 @@ Pure: numpy, torch and rapidfuzz only (no transformers import); the only I/O is 
 See docs/alignment.md for the rules (byte tokens, specials, tie-breaking, position semantics).
 """
 
+from lmfuse.alignment.prefix import SurfaceIndex, prefix_map, surface_index
 from lmfuse.alignment.project import project_logprobs, project_topk, unmapped_mass
 from lmfuse.alignment.sequence import SequenceAlignment, align_dtw, align_offsets
 from lmfuse.alignment.tokens import BYTE, NORMAL, SPECIAL, UNUSED, TokenTable, surfaces_of, token_table
@@ -16,14 +17,17 @@ __all__ = [
     "SPECIAL",
     "UNUSED",
     "SequenceAlignment",
+    "SurfaceIndex",
     "TokenTable",
     "VocabMap",
     "align_dtw",
     "align_offsets",
     "build_vocab_map",
     "identity_map",
+    "prefix_map",
     "project_logprobs",
     "project_topk",
+    "surface_index",
     "surfaces_of",
     "token_table",
     "unmapped_mass",

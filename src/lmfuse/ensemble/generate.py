@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lmfuse.alignment import SurfaceIndex
 from lmfuse.ensemble.fusion import FUSIONS
-from lmfuse.ensemble.project import SurfaceIndex
 from lmfuse.ensemble.runs import TextRun, crop_to, forward_cached, new_cache
 from lmfuse.errors import InputError
 

@@ -145,21 +145,19 @@ class Pack:
         return self._same[key]
 
     def vocab_map(self, k: int, s: int) -> Any:
-        """Member k -> seed s map (longest seed prefix, MinED fallback; see `lmfuse.ensemble.project`)."""
+        """Member k -> seed s map: longest seed prefix (``lmfuse.alignment.prefix_map``), cached on disk."""
         if (k, s) not in self._maps:
             from lmfuse.alignment import build_vocab_map
-            from lmfuse.ensemble.project import prefix_map
 
-            src, tgt = self.members[k], self.members[s]
-            mined = build_vocab_map(src.tokenizer, tgt.tokenizer, method="mined", src_width=src.logits_width,
-                                    tgt_width=tgt.logits_width)
-            self._maps[(k, s)] = prefix_map(self._table(k), self._table(s), mined)
+            self._maps[(k, s)] = build_vocab_map(self._table(k), self._table(s), method="prefix",
+                                                 src_width=self.members[k].logits_width,
+                                                 tgt_width=self.members[s].logits_width)
         return self._maps[(k, s)]
 
     def surface_index(self, k: int) -> Any:
         """Member k's tokens by surface (exact, longest-prefix and extension lookups; token healing)."""
         if k not in self._surfaces:
-            from lmfuse.ensemble.project import surface_index
+            from lmfuse.alignment import surface_index
 
             self._surfaces[k] = surface_index(self._table(k), self.members[k].logits_width)
         return self._surfaces[k]
