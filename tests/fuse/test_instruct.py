@@ -13,7 +13,14 @@ import torch
 from lmfuse.errors import InputError
 from lmfuse.fuse import store
 from lmfuse.fuse.extract import extract_rows
-from lmfuse.fuse.instruct import Example, chat_template, end_of_turn_id, load_examples, render_prompt
+from lmfuse.fuse.instruct import (
+    Example,
+    chat_template,
+    cut_reply,
+    end_of_turn_id,
+    load_examples,
+    render_prompt,
+)
 from lmfuse.fuse.train import FusedRow, collate
 from lmfuse.models.member import Member
 
@@ -65,6 +72,12 @@ def test_each_model_renders_with_its_own_template(toy_members: dict[str, Member]
         own.chat_template = None
     with pytest.raises(InputError, match="neither 'auto', 'plain'"):
         chat_template(tok, str(tmp_path / "missing.jinja"))
+
+
+def test_plain_replies_stop_at_the_next_user_turn() -> None:
+    assert cut_reply(" 7 apples.\nUser: and now?", templated=False) == "7 apples."
+    assert cut_reply("User: hello", templated=False) == ""  # a base model that opens the next turn at once
+    assert cut_reply("a\nUser: b", templated=True) == "a\nUser: b"  # templated replies stop at tokens instead
 
 
 def test_end_of_turn_token_prefers_the_templates_marker(toy_members: dict[str, Member]) -> None:

@@ -150,7 +150,12 @@ def stop_ids(tokenizer: Any, templated: bool) -> list[int]:
 
 
 def cut_reply(text: str, templated: bool) -> str:
-    """A decoded reply up to the plain format's next user turn, without surrounding whitespace."""
-    if not templated and PLAIN_STOP in text:
-        text = text[: text.index(PLAIN_STOP)]
+    """A decoded reply up to the plain format's next user turn, without surrounding whitespace.
+
+    The plain prompt ends with a newline, so a reply that opens a new user turn at once starts with
+    ``"User:"`` itself (Gemma-3-270M, a base model, does this): that reply is empty.
+    """
+    if not templated:
+        text = ("\n" + text)
+        text = text[: text.index(PLAIN_STOP)] if PLAIN_STOP in text else text
     return text.strip()
