@@ -8,7 +8,9 @@ Prints one table per part with the baseline measured in the same run, and the ra
             (goal <= 1.15x), and weight fitting as a share of the prompt's forward passes (goal <= 5%);
 * scoring   multiple-choice examples per second with and without prefix (KV cache) reuse;
 * memory    peak resident memory vs the sum of the members' weights;
-* fidelity  all weight on member B, seed A: share of B's own greedy characters reproduced (goal >= 0.95).
+* fidelity  all weight on member B, seed A: share of B's own greedy characters reproduced (goal >= 0.95);
+* fit       weight fitting on a long (~250-token) prompt as a share of its forward passes (goal <= 5%),
+            and the fitted weights (to compare implementations: they must not change).
 """
 
 from __future__ import annotations
@@ -93,6 +95,41 @@ def fidelity(pack: Pack, prompts: list[str], tokens: int) -> None:
                 print(f"|   | own {r.text!r} | fused {f.text!r} |", file=sys.stderr)
 
 
+LONG_PROMPT = (
+    "How would a typical person answer each of the following questions about causation?\n"
+    "Frank T., had an ongoing dispute with his neighbor over a stretch of land and one day decided to shoot his "
+    "neighbor in the body. Frank T. had no experience with guns, his hand slipped on the barrel of the gun, and "
+    "the shot went wild. Nonetheless, the bullet bounced off a large boulder several feet away and hit the "
+    "neighbor's body, causing significant injury. Did Frank T. intentionally shoot his neighbor in the body?\n"
+    "Options:\n- Yes\n- No\nAnswer: No\n\n"
+    "Suzy and Billy are working on a project that is very important for our nation's security. The boss tells "
+    "them both: \"Be sure that you are here at exactly 9 am. It is absolutely essential that you arrive at that "
+    "time.\" Both Billy and Suzy arrive at 9 am. As it happens, there was a motion detector installed in the "
+    "room where they arrived. The motion detector was set up to be triggered if at least one person appeared in "
+    "the room at the same time. So the motion detector went off. Did Billy cause the motion detector to go off?"
+    "\nOptions:\n- Yes\n- No\nAnswer:")
+
+
+def fit_share(pack: Pack, repeats: int = 2) -> None:
+    """Weight fitting vs the prompt's forward passes on a long prompt (steady state: maps already built)."""
+    from lmfuse.ensemble.runs import read_text
+
+    t0 = time.perf_counter()
+    runs = [read_text(m, LONG_PROMPT) for m in pack.members]
+    forward = time.perf_counter() - t0
+    a = pack.analyse(LONG_PROMPT, runs)
+    for weighting in ("packllm-opt", "joint-eg"):
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            w, report = pack.fit(a, weighting)
+            best = min(best, time.perf_counter() - t0)
+        print(f"| {weighting} | seed {pack.names[a.seed]} | {len(runs[a.seed].ids)} seed tokens | fit {best:.2f} s "
+              f"| forward {forward:.2f} s | share {best / forward:.1%} | weights "
+              f"{', '.join(f'{n} {x:.4f}' for n, x in zip(pack.names, w.tolist(), strict=True))} "
+              f"| fitted NLL {report.fitted_nll:.5f} |")
+
+
 NORM_TEXTS = [
     "The committee met on Tuesday to discuss the budget for the coming year. After a long debate, the members "
     "agreed to increase spending on public libraries while cutting the cost of administration.",
@@ -143,7 +180,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--mc", type=int, default=3, help="multiple-choice examples per scoring run")
-    parser.add_argument("--parts", default="norm,speed,scoring,fidelity,memory")
+    parser.add_argument("--parts", default="norm,speed,scoring,fit,fidelity,memory")
     args = parser.parse_args()
     if args.members:
         specs = args.members.split(",")
@@ -165,6 +202,8 @@ def main() -> None:
         speed(pack, prompts, args.tokens)
     if "scoring" in parts:
         scoring(pack, args.mc)
+    if "fit" in parts:
+        fit_share(pack)
     if "fidelity" in parts:
         fidelity(pack, prompts, args.tokens)
     if "memory" in parts:

@@ -22,17 +22,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from lmfuse.ensemble.align import boundary_index
 from lmfuse.ensemble.fusion import FUSIONS, fill_holes
 from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
+from lmfuse.ensemble.support import Preimages, restricted_problem
 from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights
 from lmfuse.errors import InputError
 from lmfuse.models.member import Member
 
 NLL_NORMS = ("token", "byte")
 DEFAULT_WEIGHTING = "packllm-opt"
+SUPPORT_POOL = 4  # a member's support_k seed tokens are picked among the images of its 4*support_k best ids
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Pack:
         self._same: dict[tuple[int, int], bool] = {}
         self._tables: dict[int, Any] = {}
         self._surfaces: dict[int, Any] = {}
+        self._pre: dict[tuple[int, int], Preimages] = {}
 
     @classmethod
     def load(cls, members: Sequence[str | Member] = (), weighting: str = DEFAULT_WEIGHTING,
@@ -210,21 +214,35 @@ class Pack:
         present = torch.tensor([[i >= 0 for i in idx] for idx in index], dtype=torch.bool)
         return Analysis(text, runs, nll, s, present, index, forward)
 
+    def preimages(self, k: int, s: int) -> Preimages:
+        """Member k -> seed s vocabulary map inverted (CSR), for the weight fit's support."""
+        if (k, s) not in self._pre:
+            width = self.members[k].logits_width
+            index = np.arange(width) if self.same_tokenizer(k, s) else self.vocab_map(k, s).index
+            self._pre[(k, s)] = Preimages.of(index, self.members[s].logits_width)
+        return self._pre[(k, s)]
+
     def problem(self, a: Analysis) -> WeightProblem:
-        """The fused-NLL objective over the last ``fit_tokens`` seed positions of the analysed text."""
+        """The fused-NLL objective over the last ``fit_tokens`` seed positions of the analysed text.
+
+        With ``support_k`` the member log-probs are computed only on each position's support (see
+        `lmfuse.ensemble.support`); with ``support_k=None`` every member row is projected in full (exact).
+        """
         s, seed_run = a.seed, a.runs[a.seed]
         t_all = len(seed_run.ids)
         lo = max(0, t_all - self.fit_tokens)
         targets = torch.as_tensor(seed_run.ids[lo:], dtype=torch.long)
         present = a.present[:, lo:]
-        rows = []
-        for k, run in enumerate(a.runs):
-            idx = torch.as_tensor(a.index[k][lo:], dtype=torch.long)
-            proj = self.project(k, s, run.rows[idx.clamp_min(0)])  # absent rows are masked out below
-            rows.append(proj)
-        lp = torch.stack(rows)  # [K, T, V_s]
-        if self.support_k is not None and self.support_k < lp.shape[-1]:
-            lp, targets = _restrict_support(lp, present, targets, self.support_k)
+        index = [torch.as_tensor(a.index[k][lo:], dtype=torch.long) for k in range(len(a.runs))]
+        seed_width = self.members[s].logits_width
+        if self.support_k is not None and self.support_k < seed_width:
+            lp = restricted_problem([r.rows for r in a.runs], index, present, targets,
+                                    [self.preimages(k, s) for k in range(len(a.runs))], self.support_k,
+                                    SUPPORT_POOL * self.support_k, self.fusion == "product")
+            targets = torch.zeros(len(targets), dtype=torch.long)
+        else:  # absent rows (index -1) read row 0 and are masked out by ``present``
+            lp = torch.stack([self.project(k, s, run.rows[idx.clamp_min(0)])
+                              for k, (run, idx) in enumerate(zip(a.runs, index, strict=True))])  # [K, T, V_s]
         return WeightProblem(nll=a.nll, log_probs=lp, targets=targets, present=present, fusion=self.fusion)
 
     def fit(self, a: Analysis, weighting: str | None = None,
@@ -310,27 +328,6 @@ def renormalise(weights: torch.Tensor, present: torch.Tensor, seed: int) -> torc
     alone = torch.zeros_like(w)
     alone[seed] = 1.0
     return torch.where(total > 0, w / total.clamp_min(1e-30), alone)
-
-
-def _restrict_support(lp: torch.Tensor, present: torch.Tensor, targets: torch.Tensor,
-                      k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep, per position, the union of each present member's top-``k`` seed tokens and the target.
-
-    ``lp [K, T, V] -> [K, T, S]`` with S = K*k + 1; duplicated candidates get -inf so no token counts
-    twice. The fused normaliser then runs over the candidates only (the tail mass of the product rule is
-    negligible at k = 64), which makes the 21-point grid cheap on 150k-262k vocabularies.
-    """
-    big_k, t, _ = lp.shape
-    top = lp.topk(k, dim=-1).indices  # [K, T, k]
-    top = torch.where(present[..., None], top, targets[None, :, None].expand_as(top))
-    cand = torch.cat([targets[:, None], top.permute(1, 0, 2).reshape(t, big_k * k)], dim=1)  # [T, S]
-    order = torch.sort(cand, dim=1, stable=True)
-    dup = torch.zeros_like(cand, dtype=torch.bool)
-    dup_sorted = torch.cat([torch.zeros(t, 1, dtype=torch.bool), order.values[:, 1:] == order.values[:, :-1]], 1)
-    dup.scatter_(1, order.indices, dup_sorted)  # column 0 (the target) sorts first among equals: never a dup
-    sub = lp.gather(-1, cand[None].expand(big_k, -1, -1))
-    sub = sub.masked_fill(dup[None], float("-inf"))
-    return sub, torch.zeros(t, dtype=torch.long)
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""The weight fit's candidate support, without projecting whole rows. Pure tensor maths.
+
+Fitting weights evaluates the fused NLL of the prompt 21 times per member (packllm-opt). Over 150k-262k seed
+vocabularies the fused normaliser runs over a per-position *support* instead: the target token plus each
+present member's ``k`` most likely seed tokens (``Pack(support_k=64)``). Projecting every member's full
+``[T, V_member]`` rows into ``[T, V_seed]`` just to pick those tokens cost seconds per prompt; here:
+
+1. each member's ``pool`` most likely own ids per position (one ``topk`` on its rows) are mapped to seed ids;
+2. the exact projected log-prob of a seed token (log-sum-exp over *all* member ids that map to it, its
+   preimages, read from a CSR index of the vocabulary map) is computed only for those candidates, and the
+   member's top ``k`` by that exact value are kept;
+3. the union over members plus the target is the support, and every member's exact projected log-prob is
+   gathered there the same way.
+
+Values are exact (float noise aside). The selection differs from a full projection only where a seed token
+outside a member's top ``pool`` own ids gathers, from many small preimages, more mass than its ``k``-th best;
+with ``pool = 4k`` that is rare and only swaps near-tied low-mass candidates. Seed tokens a member cannot
+express (no preimage) get the member's smallest log-prob over mappable ids under the product rule ("as
+unlikely as its least likely token", cf. ``fusion.fill_holes``), ``-inf`` under the mixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Preimages:
+    """A member -> seed vocabulary map inverted as CSR: the member ids landing on each seed id."""
+
+    index: torch.Tensor  # [V_member] long: seed id of each member id, -1 = unmapped
+    order: torch.Tensor  # [M] long: mapped member ids, grouped by seed id
+    start: torch.Tensor  # [V_seed] long: first position in ``order`` of each seed id's preimages
+    count: torch.Tensor  # [V_seed] long: number of preimages (0 = the member cannot express the token)
+
+    @classmethod
+    def of(cls, index: np.ndarray, seed_width: int) -> Preimages:
+        idx = np.asarray(index, dtype=np.int64)
+        idx = np.where(idx < seed_width, idx, -1)
+        mapped = np.flatnonzero(idx >= 0)
+        order = mapped[np.argsort(idx[mapped], kind="stable")]
+        count = np.bincount(idx[mapped], minlength=seed_width)[:seed_width]
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        return cls(torch.from_numpy(idx), torch.from_numpy(order), torch.from_numpy(start),
+                   torch.from_numpy(count))
+
+    def logprob(self, rows: torch.Tensor, pos: torch.Tensor, seed_ids: torch.Tensor) -> torch.Tensor:
+        """``[N]`` exact projected log-prob of seed id ``seed_ids[n]`` in member row ``rows[pos[n]]``.
+
+        ``rows [P, V_member]`` log-probs; ``-inf`` where the seed id has no preimage (or ``seed_ids < 0``).
+        """
+        ok = seed_ids >= 0
+        ids = seed_ids.clamp_min(0)
+        counts = torch.where(ok, self.count[ids], torch.zeros_like(ids))
+        n = int(seed_ids.shape[0])
+        out = torch.full((n,), float("-inf"))
+        total = int(counts.sum())
+        if total == 0:
+            return out
+        owner = torch.repeat_interleave(torch.arange(n), counts)  # [total] which (pos, seed id) pair
+        first = torch.cumsum(counts, 0) - counts
+        offset = torch.arange(total) - first[owner]
+        member_ids = self.order[self.start[ids][owner] + offset]
+        vals = rows[pos[owner], member_ids].float()
+        top = out.scatter_reduce(0, owner, vals, reduce="amax", include_self=True)
+        safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        summed = torch.zeros(n).scatter_add(0, owner, torch.exp(vals - safe[owner]))
+        return torch.where(summed > 0, torch.log(summed) + safe, out)
+
+
+def floor_logprob(rows: torch.Tensor, mapped: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """``[P]`` each row's smallest log-prob over mappable member ids (in chunks of rows: no full copy)."""
+    inf = torch.tensor(float("inf"))
+    return torch.cat([torch.where(mapped, rows[lo:lo + chunk], inf).amin(-1) for lo in range(0, rows.shape[0], chunk)])
+
+
+def member_top(rows: torch.Tensor, pre: Preimages, k: int, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[P, k]`` the seed ids with the highest exact projected log-prob among the seed images of each row's
+    ``pool`` most likely member ids, and those log-probs (``-1`` / ``-inf`` pad rows with fewer)."""
+    p = rows.shape[0]
+    own = rows.topk(min(pool, rows.shape[-1]), dim=-1).indices  # [P, pool]
+    seed_ids = pre.index[own]  # [P, pool]
+    # One slot per distinct seed id per row: sort, mark repeats.
+    seed_sorted = torch.sort(seed_ids, dim=-1).values
+    repeat = torch.cat([torch.zeros(p, 1, dtype=torch.bool), seed_sorted[:, 1:] == seed_sorted[:, :-1]], dim=1)
+    seed_sorted = seed_sorted.masked_fill(repeat, -1)
+    pos = torch.arange(p)[:, None].expand_as(seed_sorted).reshape(-1)
+    lp = pre.logprob(rows, pos, seed_sorted.reshape(-1)).view(p, -1)
+    best = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    return seed_sorted.gather(-1, best.indices).masked_fill(~torch.isfinite(best.values), -1), best.values
+
+
+def restricted_problem(rows: Sequence[torch.Tensor], index: Sequence[torch.Tensor], present: torch.Tensor,
+                       targets: torch.Tensor, pre: Sequence[Preimages], k: int, pool: int,
+                       product: bool) -> torch.Tensor:
+    """``[K, T, S]`` member log-probs over the support (column 0 = the target), ``S = K*k + 1``.
+
+    ``rows[m] [T_m, V_m]``: member m's log-prob rows; ``index[m] [T]``: its row for each fitted seed position
+    (-1 where it abstains, ``present[m]`` False); ``targets [T]`` seed ids. Repeated candidates in a row get
+    ``-inf`` in every member so no token counts twice; absent positions get 0 (masked by the objective).
+    """
+    big_k, t = present.shape
+    subs, ats, tops = [], [], []
+    for m in range(big_k):
+        at = torch.nonzero(present[m]).squeeze(1)
+        sub = rows_at(rows[m], index[m][at])  # [P, V_m]
+        top = targets[:, None].repeat(1, k)
+        if len(at):
+            ids, _ = member_top(sub, pre[m], k, pool)
+            ids = torch.where(ids >= 0, ids, targets[at][:, None])
+            if ids.shape[1] < k:
+                ids = torch.cat([ids, targets[at][:, None].expand(-1, k - ids.shape[1])], dim=1)
+            top[at] = ids
+        subs.append(sub)
+        ats.append(at)
+        tops.append(top)
+    cand = torch.cat([targets[:, None], *tops], dim=1)  # [T, S]
+    order = torch.sort(cand, dim=1, stable=True)
+    dup_sorted = torch.cat([torch.zeros(t, 1, dtype=torch.bool), order.values[:, 1:] == order.values[:, :-1]], 1)
+    dup = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, order.indices, dup_sorted)  # the target is never a dup
+    s = cand.shape[1]
+    out = torch.zeros(big_k, t, s)
+    for m, (sub, at) in enumerate(zip(subs, ats, strict=True)):
+        if not len(at):
+            continue
+        pos = torch.arange(len(at))[:, None].expand(-1, s).reshape(-1)
+        lp = pre[m].logprob(sub, pos, cand[at].reshape(-1)).view(len(at), s)
+        if product:
+            floor = floor_logprob(sub, pre[m].index >= 0)
+            lp = torch.where(torch.isfinite(lp), lp, floor[:, None])
+        out[m, at] = lp
+    return out.masked_fill(dup[None], float("-inf"))
+
+
+def rows_at(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``rows[idx]``; a view (no copy of ``[n, V]``) when ``idx`` is a run of consecutive rows."""
+    n = int(idx.shape[0])
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and bool((idx[1:] - idx[:-1] == 1).all()):
+        return rows[int(idx[0]):int(idx[0]) + n]
+    return rows.index_select(0, idx)

@@ -1,0 +1,92 @@
+"""The weight fit's support (`lmfuse.ensemble.support`): exact projected values without full-width projection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lmfuse.alignment import build_vocab_map, project_logprobs
+from lmfuse.ensemble.support import Preimages, floor_logprob, restricted_problem, rows_at
+from lmfuse.ensemble.weighting import WeightProblem
+
+WIDTH = 448  # the toy members' logits width (400 tokens padded to a multiple of 64)
+
+
+def rows(n: int, seed: int, peaky: float = 4.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(n, WIDTH, generator=g) * peaky, -1)
+
+
+@pytest.mark.parametrize(("src", "tgt"), [("bytebpe", "sentencepiece"), ("sentencepiece", "bytebpe")])
+def test_preimages_logprob_equals_the_full_projection(tables: dict[str, Any], src: str, tgt: str) -> None:
+    vmap = build_vocab_map(tables[src], tables[tgt], method="prefix", src_width=WIDTH, tgt_width=WIDTH, cache=False)
+    lp = rows(3, 0)
+    full = project_logprobs(lp, vmap)  # [3, WIDTH]
+    pre = Preimages.of(vmap.index, WIDTH)
+    pos = torch.arange(3)[:, None].expand(-1, WIDTH).reshape(-1)
+    ids = torch.arange(WIDTH).repeat(3)
+    got = pre.logprob(lp, pos, ids).view(3, WIDTH)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(full))
+    fin = torch.isfinite(full)
+    assert torch.allclose(got[fin], full[fin], atol=1e-5)
+    assert bool(torch.isinf(pre.logprob(lp, torch.tensor([0]), torch.tensor([-1]))).all())
+
+
+def reference_support(full: list[torch.Tensor], present: torch.Tensor, targets: torch.Tensor,
+                      k: int) -> list[dict[int, torch.Tensor]]:
+    """The fit's support computed the slow way: full-width projected rows, top-k of each, union + target."""
+    lp = torch.stack(full)  # [K, T, V]
+    big_k, t, _ = lp.shape
+    top = lp.topk(k, dim=-1).indices
+    top = torch.where(present[..., None], top, targets[None, :, None].expand_as(top))
+    cand = torch.cat([targets[:, None], top.permute(1, 0, 2).reshape(t, big_k * k)], dim=1)
+    sub = lp.gather(-1, cand[None].expand(big_k, -1, -1))
+    out: list[dict[int, torch.Tensor]] = []
+    for row_c, row_v in zip(cand.tolist(), sub.permute(1, 0, 2), strict=True):  # per position: {token: values}
+        seen: dict[int, torch.Tensor] = {}
+        for j, c in enumerate(row_c):
+            seen.setdefault(c, row_v[:, j])
+        out.append(seen)
+    return out
+
+
+@pytest.mark.parametrize("fusion", ["product", "mixture"])
+def test_restricted_problem_equals_full_projection_when_the_pool_is_the_vocabulary(
+        tables: dict[str, Any], fusion: str) -> None:
+    seed, other = tables["sentencepiece"], tables["bytebpe"]
+    vmap = build_vocab_map(other, seed, method="prefix", src_width=WIDTH, tgt_width=WIDTH, cache=False)
+    t, k = 6, 8
+    seed_rows, other_rows = rows(t, 1), rows(t + 2, 2)
+    index = [torch.arange(t), torch.tensor([0, 2, -1, 3, 5, 7])]
+    present = torch.stack([torch.ones(t, dtype=torch.bool), index[1] >= 0])
+    targets = torch.tensor([5, 17, 300, 42, 99, 250])
+    pre = [Preimages.of(np.arange(WIDTH), WIDTH), Preimages.of(vmap.index, WIDTH)]
+    got = restricted_problem([seed_rows, other_rows], index, present, targets, pre, k, WIDTH, fusion == "product")
+    assert got.shape == (2, t, 2 * k + 1)
+    proj = project_logprobs(other_rows[index[1].clamp_min(0)], vmap)
+    if fusion == "product":  # holes: the member's smallest log-prob over mappable ids
+        floor = floor_logprob(other_rows[index[1].clamp_min(0)], torch.from_numpy(vmap.index >= 0))
+        proj = torch.where(torch.isfinite(proj), proj, floor[:, None])
+    ref = reference_support([seed_rows, proj], present, targets, k)
+    for i in range(t):
+        cols = [j for j in range(got.shape[2]) if bool(torch.isfinite(got[0, i, j]))]
+        assert len(cols) == len(ref[i])  # the same number of distinct candidates
+        assert torch.allclose(got[0, i, cols].sort().values, torch.stack([v[0] for v in ref[i].values()]).sort().values)
+        if present[1, i]:
+            mine = {round(float(got[0, i, j]), 5): float(got[1, i, j]) for j in cols}
+            for v in ref[i].values():
+                assert mine[round(float(v[0]), 5)] == pytest.approx(float(v[1]), abs=1e-5)
+    assert float(got[0, 0, 0]) == pytest.approx(float(seed_rows[0, 5]))  # column 0 is the target
+    problem = WeightProblem(nll=torch.zeros(2), log_probs=got, targets=torch.zeros(t, dtype=torch.long),
+                            present=present, fusion=fusion)
+    assert bool(torch.isfinite(problem.objective(torch.tensor([0.3, 0.7]))))
+
+
+def test_rows_at_is_a_view_for_consecutive_rows() -> None:
+    x = rows(5, 3)
+    assert rows_at(x, torch.tensor([1, 2, 3])).data_ptr() == x[1].data_ptr()
+    assert torch.equal(rows_at(x, torch.tensor([3, 1])), x[[3, 1]])
+    assert rows_at(x, torch.zeros(0, dtype=torch.long)).shape == (0, WIDTH)
