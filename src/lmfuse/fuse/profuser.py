@@ -72,9 +72,9 @@ def judge(examples: Sequence[Example], replies: dict[str, list[str]], out_dir: P
         votes = [vote(scores[:, i, :]) for i in range(len(chunk))]
         store.write_json(shard_file(out_dir, s), {
             "key": list(range(lo, lo + len(chunk))), "winner": [names[v.winner] for v in votes],
-            "votes": [v.votes.tolist() for v in votes], "mean_z": [v.mean_z.tolist() for v in votes],
-            "scores": [[[None if np.isnan(x) else float(x) for x in per_reward] for per_reward in per_example]
-                       for per_example in scores.transpose(1, 0, 2)]})  # [N][R][C], NaN -> null
+            "votes": [v.votes.tolist() for v in votes], "mean_z": [_json_floats(v.mean_z) for v in votes],
+            "scores": [[_json_floats(per_reward) for per_reward in per_example]
+                       for per_example in scores.transpose(1, 0, 2)]})  # [N][R][C]
     winners = read_winners(out_dir, total, len(examples))
     won = [replies[w][i] for i, w in enumerate(winners)]
     summary = {"wins": {n: winners.count(n) for n in names},
@@ -82,6 +82,11 @@ def judge(examples: Sequence[Example], replies: dict[str, list[str]], out_dir: P
                               "reference": float(np.mean([len(e.response) for e in examples])) if examples else 0.0}}
     store.write_json(out_dir / "manifest.json", {**config, **summary, "num_shards": total, "complete": True})
     return out_dir
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """Strict JSON: a non-finite score (an empty reply's) is written as null."""
+    return [float(x) if np.isfinite(x) else None for x in values]
 
 
 def read_winners(out_dir: Path, num_shards: int | None = None, num_examples: int | None = None) -> list[str]:
