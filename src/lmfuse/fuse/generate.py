@@ -3,7 +3,7 @@
 Prompts are split into shards of ``rows_per_shard``; shard s is done by process ``s % num_shards ==
 shard_index`` (as extraction). Each shard is one JSON file written atomically (``store.write_json``), so
 a shard that exists is complete and a killed run resumes at the first missing one; ``config.json``
-refuses a resume with other settings, and the manifest (written last) records the decoding settings.
+refuses a resume with other settings or another tokenizer, and the manifest (written last) records the decoding settings.
 
 Decoding: batched, left-padded (``Member.model.generate``), greedy or sampled. Sampling in shard s runs
 under the seed ``seed + s`` (the global RNG is restored afterwards), so a shard's responses do not depend
@@ -38,6 +38,11 @@ def shard_file(directory: Path, index: int) -> Path:
     return directory / f"shard-{index:05d}.json"
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of a vocabulary: a resumed stage must decode with the same tokenizer."""
+    return corpus_fingerprint([f"{t}\t{i}" for t, i in sorted(tokenizer.get_vocab().items())])
+
+
 def generate_member(member: Member, prompts: Sequence[str], out_dir: Path, cfg: GenerateConfig,
                     templated: bool, num_shards: int = 1, shard_index: int = 0, progress: bool = True) -> Path:
     """Generate ``member``'s reply to every rendered prompt into ``out_dir`` (resumable). Returns ``out_dir``."""
@@ -45,6 +50,7 @@ def generate_member(member: Member, prompts: Sequence[str], out_dir: Path, cfg: 
         raise InputError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
     total = math.ceil(len(prompts) / cfg.rows_per_shard)
     config = {"stage": "generate", "member": member.name, "prompts": corpus_fingerprint(prompts),
+              "tokenizer": tokenizer_fingerprint(member.tokenizer),
               "num_rows": len(prompts), "templated": templated, "stop_ids": stop_ids(member.tokenizer, templated),
               **asdict(cfg), "format": 1}
     store.check_config(out_dir, config)
