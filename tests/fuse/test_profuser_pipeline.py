@@ -65,6 +65,11 @@ def test_tiny_recipe_runs_end_to_end_with_the_two_stage_schedule(out: Path) -> N
     assert all(np.isfinite(r["loss"]) and r["infer_clm"] > 0 for r in log)
     manifest = store.read_json(out / "reward/manifest.json")
     assert sum(manifest["wins"].values()) == 12 and manifest["mean_chars"]["reference"] > 0
+    summary = store.read_json(out / "summary.json")
+    for mode in ("inference_mode", "training_mode"):
+        assert set(summary[mode]["wins"]) == set(CANDIDATES) and sum(summary[mode]["wins"].values()) == 12
+        assert sum(summary[mode]["share"].values()) == pytest.approx(1.0)
+    assert set(summary["inference_mode"]["mean_scores"]) == {"exact-match", "chrf"}
 
 
 def test_training_mode_teacher_is_the_lowest_response_ce(out: Path) -> None:

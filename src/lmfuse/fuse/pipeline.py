@@ -15,6 +15,7 @@ ProFuser layout (``method: profuser``; instruction data)::
     reward/                       every reward's scores, the votes and the winner of each example
     train-mode/{extract,align,combine}/          the reference responses; MinCE teacher (FuseLLM)
     infer-mode/<winner>/{extract,align,combine}/ the replies <winner> won; its own top-k as teacher
+    summary.json                  teacher wins per candidate in each mode, mean reward scores, lengths
     train/model/                  trained on (inference-mode row, training-mode row) pairs
 
 Extraction, alignment and fusion run per *view* (a set of rows, the members that read them, and the
@@ -227,6 +228,12 @@ class Run:
             cfg = self.recipe.combine
             combine(dirs, view.base / "extract" / self.recipe.target.slug, out, function=cfg.function,
                     granularity=cfg.granularity, ce_norm=cfg.ce_norm, progress=self.progress)
+        if self.recipe.method == "profuser":
+            from lmfuse.fuse.profuser import mode_summary
+
+            summary = mode_summary(self.path("reward"), self.path("train-mode", "combine"),
+                                   [s.slug for s in self.candidates()])
+            store.write_json(self.path("summary.json"), summary)
 
     # ProFuser's inference mode -------------------------------------------------------------------
 

@@ -77,11 +77,39 @@ def judge(examples: Sequence[Example], replies: dict[str, list[str]], out_dir: P
                        for per_example in scores.transpose(1, 0, 2)]})  # [N][R][C]
     winners = read_winners(out_dir, total, len(examples))
     won = [replies[w][i] for i, w in enumerate(winners)]
+    shards = [store.read_json(shard_file(out_dir, s)) for s in range(total)]
+    all_scores = np.array([[[np.nan if x is None else x for x in per_reward] for per_reward in per_example]
+                           for shard in shards for per_example in shard["scores"]], dtype=np.float64)  # [N, R, C]
     summary = {"wins": {n: winners.count(n) for n in names},
+               "mean_scores": {spec.name: {n: _nanmean(all_scores[:, r, c]) for c, n in enumerate(names)}
+                               for r, spec in enumerate(specs)},
                "mean_chars": {"winner": float(np.mean([len(x) for x in won])) if won else 0.0,
                               "reference": float(np.mean([len(e.response) for e in examples])) if examples else 0.0}}
     store.write_json(out_dir / "manifest.json", {**config, **summary, "num_shards": total, "complete": True})
     return out_dir
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
+def mode_summary(reward_dir: Path, train_combine_dir: Path, candidates: Sequence[str]) -> dict[str, object]:
+    """How often each candidate supplies the teacher in each mode (the paper's 68 % vs 45 % statistic)."""
+    manifest = store.read_json(reward_dir / "manifest.json")
+    train_wins = dict.fromkeys(candidates, 0)
+    combined = store.read_json(train_combine_dir / "manifest.json")
+    for s in range(combined["num_shards"]):
+        weights = store.read_shard(store.shard_path(train_combine_dir, s)).rows["weights"]  # [N, M]
+        for m in weights.argmax(axis=1).tolist():
+            train_wins[candidates[m]] += 1
+    def share(wins: dict[str, int]) -> dict[str, float]:
+        return {k: v / max(sum(wins.values()), 1) for k, v in wins.items()}
+
+    return {"inference_mode": {"wins": manifest["wins"], "share": share(manifest["wins"]),
+                               "mean_scores": manifest["mean_scores"]},
+            "training_mode": {"wins": train_wins, "share": share(train_wins), "function": combined["function"]},
+            "mean_chars": manifest["mean_chars"]}
 
 
 def _json_floats(values: np.ndarray) -> list[float | None]:
