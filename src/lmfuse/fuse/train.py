@@ -193,13 +193,12 @@ def train(
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", unit="step",
                disable=not (progress and accelerator.is_main_process))
     # Logged per mode as "clm"/"fusion" (one mode) or "<mode>_clm"/"<mode>_fusion" (several).
-    part_keys = [(m, "clm" if len(modes) == 1 else f"{name}_clm", "fusion" if len(modes) == 1 else f"{name}_fusion")
-                 for m, name in enumerate(modes)]
-    keys = ["loss"] + [k for _, clm_key, fusion_key in part_keys for k in (clm_key, fusion_key)]
+    part_keys = [("clm", "fusion") if len(modes) == 1 else (f"{name}_clm", f"{name}_fusion") for name in modes]
+    keys = ["loss", *(k for pair in part_keys for k in pair)]
     for step in range(start, sched.total_steps):
         started = time.perf_counter()
         w = [float(x) for x in weigh(step, sched.total_steps)]
-        active = [m for m in range(len(modes)) if w[m] != 0.0]
+        active = [m for m in range(len(w)) if w[m] != 0.0]
         if len(w) != len(modes) or not active:
             raise InputError(f"step {step}: mode weights {w} must give a non-zero weight to one of {list(modes)}")
         sums = dict.fromkeys(keys, 0.0)
@@ -218,8 +217,8 @@ def train(
                     parts = fuse_loss(logits[sl], batch["labels"][sl], batch["teacher_ids"][sl],
                                       batch["teacher_logp"][sl], lm_weight=cfg.lm_weight, kind=cfg.loss)
                     total = total + w[m] * parts.total
-                    sums[part_keys[m][1]] += float(parts.clm.detach()) / cfg.grad_accum
-                    sums[part_keys[m][2]] += float(parts.fusion.detach()) / cfg.grad_accum
+                    sums[part_keys[m][0]] += float(parts.clm.detach()) / cfg.grad_accum
+                    sums[part_keys[m][1]] += float(parts.fusion.detach()) / cfg.grad_accum
                 accelerator.backward(total / cfg.grad_accum)
             sums["loss"] += float(total.detach()) / cfg.grad_accum
             n_tokens += int(batch["attention_mask"].sum())
@@ -227,6 +226,8 @@ def train(
         reduced = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device),
                                      reduction="mean").tolist()
         sums = dict(zip(keys, reduced, strict=True))
+        # Tokens read this step by all processes (every mode, prompts included): for equal-token comparisons.
+        sums["tokens"] = int(accelerator.reduce(torch.tensor(n_tokens, device=accelerator.device), reduction="sum"))
         if len(modes) > 1:
             sums.update({f"w_{name}": w[m] for m, name in enumerate(modes)})
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
