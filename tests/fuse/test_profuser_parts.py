@@ -10,7 +10,16 @@ import torch
 
 from lmfuse.errors import InputError
 from lmfuse.fuse.recipe import RewardSpec, ScheduleConfig
-from lmfuse.fuse.rewards import REWARDS, build_rewards, check_reward, final_answer, vote
+from lmfuse.fuse.rewards import (
+    REWARDS,
+    VOTES,
+    borda,
+    build_rewards,
+    check_reward,
+    final_answer,
+    mean_z_vote,
+    vote,
+)
 from lmfuse.fuse.schedule import SCHEDULES, mode_weights
 from lmfuse.registry import UnknownNameError
 
@@ -134,3 +143,19 @@ def test_vote_shares_a_rewards_vote_among_its_tied_best() -> None:
 def test_a_nan_score_never_wins() -> None:
     v = vote(np.array([[np.nan, 0.1], [np.nan, 0.0]]))
     assert v.winner == 1
+
+
+def test_borda_and_mean_z_rules() -> None:
+    assert set(VOTES.names()) == {"majority", "borda", "mean-z"}
+    # Majority: two rewards prefer candidate 0 by a hair; the third ranks candidate 0 last.
+    s = np.array([[0.50, 0.49, 0.0], [0.50, 0.49, 0.0], [0.0, 0.9, 1.0]])
+    assert vote(s).winner == 0
+    # Borda: points 2+2+0 = 4 for candidate 0, 1+1+1 = 3 for 1, 0+0+2 = 2 for 2 -> 0 again; ties share places.
+    assert borda(s).votes.tolist() == [4.0, 3.0, 2.0] and borda(s).winner == 0
+    assert borda(np.array([[1.0, 1.0, 0.0]])).votes.tolist() == [1.5, 1.5, 0.0]
+    # Mean z: candidate 1 is never far behind, so its mean z-score is the highest.
+    v = mean_z_vote(s)
+    assert v.winner == 1 and v.votes.tolist() == v.mean_z.tolist()
+    assert borda(np.array([[np.nan, 0.0], [np.nan, 0.0]])).winner == 1
+    with pytest.raises(UnknownNameError, match="Did you mean 'borda'"):
+        VOTES.get("bord")

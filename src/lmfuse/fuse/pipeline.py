@@ -276,7 +276,7 @@ class Run:
         if store.stage_done(out):
             return
         judge(self.examples, self.replies(), out, self.recipe.rewards, self.recipe.generate.rows_per_shard,
-              progress=self.progress)
+              progress=self.progress, rule=self.recipe.vote)
 
     def winner_keys(self) -> dict[MemberSpec, list[int]]:
         """The examples each candidate won whose reply is not empty (candidates that won none are left out)."""

@@ -34,7 +34,7 @@ from lmfuse.fuse import store
 from lmfuse.fuse.extract import corpus_fingerprint
 from lmfuse.fuse.instruct import Example
 from lmfuse.fuse.recipe import RewardSpec
-from lmfuse.fuse.rewards import build_rewards, vote
+from lmfuse.fuse.rewards import VOTES, build_rewards
 from lmfuse.fuse.train import FusedRow
 
 
@@ -43,15 +43,17 @@ def shard_file(directory: Path, index: int) -> Path:
 
 
 def judge(examples: Sequence[Example], replies: dict[str, list[str]], out_dir: Path, specs: Sequence[RewardSpec],
-          rows_per_shard: int = 64, progress: bool = True) -> Path:
+          rows_per_shard: int = 64, progress: bool = True, rule: str = "majority") -> Path:
     """Score every candidate's replies with every reward and vote per example (resumable). Returns ``out_dir``.
 
+    ``rule``: the vote rule (``rewards.VOTES``).
     ``replies``: candidate name -> one reply per example, in the fixed tie-break order.
     """
     names = list(replies)
+    vote = VOTES.get(rule)
     if any(len(r) != len(examples) for r in replies.values()):
         raise InputError(f"every candidate needs one reply per example ({len(examples)})")
-    config = {"stage": "reward", "candidates": names, "rewards": [asdict(s) for s in specs],
+    config = {"stage": "reward", "candidates": names, "rewards": [asdict(s) for s in specs], "vote": rule,
               "examples": corpus_fingerprint([e.prompt + "\x00" + e.response for e in examples]),
               "replies": {n: corpus_fingerprint(r) for n, r in replies.items()}, "rows_per_shard": rows_per_shard,
               "format": 1}

@@ -213,6 +213,8 @@ class FuseRecipe:
     """``profuser`` only."""
     rewards: tuple[RewardSpec, ...] = field(default_factory=_default_rewards)
     """``profuser`` only: the voters (each votes for its best response; majority wins)."""
+    vote: str = "majority"
+    """``profuser`` only: how the rewards pick a reply: ``majority`` (default), ``borda`` or ``mean-z``."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """``profuser`` only."""
 
@@ -246,10 +248,11 @@ def validate(recipe: FuseRecipe) -> None:
     FUSIONS.get(recipe.combine.function)
     FUSION_LOSSES.get(recipe.train.loss)
     if recipe.method == "profuser":
-        from lmfuse.fuse.rewards import check_reward
+        from lmfuse.fuse.rewards import VOTES, check_reward
         from lmfuse.fuse.schedule import SCHEDULES
 
         SCHEDULES.get(recipe.schedule.name)
+        VOTES.get(recipe.vote)
         for spec in recipe.rewards:
             check_reward(spec)
     checks = [("align.vocab", recipe.align.vocab, ("mined", "exact")),

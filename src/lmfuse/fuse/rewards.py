@@ -13,12 +13,16 @@ A reward is built from its recipe entry (``RewardSpec``) by a registered factory
                     the pair is rendered with the reward model's chat template when its tokenizer has one
 ==================  ===================================================================================
 
-**Vote** (``vote``; the paper's rule is unknown, this is our reconstruction): every reward gives one vote
-to its best response — shared equally when several responses tie for its best score (an exact-match
-reward often has several correct answers). The most votes win; a tie is broken by the highest mean
-z-normalised score (each reward's scores standardised over the candidates; a reward that scores every
-candidate alike contributes 0), and a remaining tie by the fixed candidate order: the target first
-(when it is a candidate), then the sources in recipe order — the same order MinCE breaks ties in.
+**Vote** (registry ``VOTES``: ``scores [R, C] -> Vote``; the paper's rule is unknown, these are our
+reconstruction). ``majority`` (the default): every reward gives one vote to its best response — shared
+equally when several responses tie for its best score (an exact-match reward often has several correct
+answers). The most votes win; a tie is broken by the highest mean z-normalised score (each reward's
+scores standardised over the candidates; a reward that scores every candidate alike contributes 0), and
+a remaining tie by the fixed candidate order: the target first (when it is a candidate), then the
+sources in recipe order — the same order MinCE breaks ties in. Alternatives: ``borda`` (each reward
+gives C-1 points to its best response down to 0 for its worst, tied responses sharing the points of
+their places; then the same tie-breaks) and ``mean-z`` (the highest mean z-score, then the order).
+An unscored (NaN) response never wins while another response has a score.
 """
 
 from __future__ import annotations
@@ -148,27 +152,62 @@ def build_rewards(specs: Sequence[RewardSpec]) -> list[Reward]:
 
 @dataclass(frozen=True)
 class Vote:
-    """The outcome for one prompt: ``winner`` (candidate index), ``votes`` ``[C]``, ``mean_z`` ``[C]``."""
+    """The outcome for one prompt: ``winner`` (candidate index), ``votes`` ``[C]`` (the rule's points),
+    ``mean_z`` ``[C]`` (mean z-normalised score, the first tie-break)."""
 
     winner: int
     votes: np.ndarray
     mean_z: np.ndarray
 
 
-def vote(scores: np.ndarray) -> Vote:
-    """Pick one of C candidates from R rewards' ``scores [R, C]`` (higher is better; see the module doc)."""
+VoteFn = Callable[[np.ndarray], Vote]
+VOTES: Registry[VoteFn] = Registry("vote rule")
+
+
+def _prepare(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores with NaN as -inf [R, C], mean z-score [C])``; an unscored candidate's mean z is -inf."""
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[1] == 0:
         raise InputError(f"vote needs scores of shape [rewards, candidates], got {s.shape}")
-    s = np.where(np.isnan(s), -np.inf, s)  # a failed score never wins
+    s = np.where(np.isnan(s), -np.inf, s)
+    finite = np.where(np.isfinite(s), s, np.nan)
+    with np.errstate(all="ignore"):  # a reward with no finite score at all: z = 0 for everyone
+        mean = np.nan_to_num(np.nanmean(finite, axis=1, keepdims=True)) if np.isfinite(s).any() else 0.0
+        std = np.nan_to_num(np.nanstd(finite, axis=1, keepdims=True))
+        z = np.where(std > 0, (finite - mean) / np.where(std > 0, std, 1.0), 0.0)
+    z = np.where(np.isneginf(s), -np.inf, np.nan_to_num(z))
+    return s, z.mean(axis=0)
+
+
+def _decide(points: np.ndarray, mean_z: np.ndarray) -> int:
+    # Rounded before comparing: shared points (1/3 + 1/3 vs 2/3) must tie exactly; then z, then order.
+    key = [(-round(float(points[c]), 9), -round(float(mean_z[c]), 9), c) for c in range(len(points))]
+    return min(key)[2]
+
+
+@VOTES.register("majority")
+def vote(scores: np.ndarray) -> Vote:
+    """Pick one of C candidates from R rewards' ``scores [R, C]`` (higher is better; see the module doc)."""
+    s, mean_z = _prepare(scores)
     best = s == s.max(axis=1, keepdims=True)
     votes = (best / best.sum(axis=1, keepdims=True)).sum(axis=0)
-    finite = np.where(np.isfinite(s), s, np.nan)
-    mean = np.nanmean(finite, axis=1, keepdims=True) if np.isfinite(s).any() else np.zeros((len(s), 1))
-    std = np.nan_to_num(np.nanstd(finite, axis=1, keepdims=True))
-    z = np.where(std > 0, (finite - np.nan_to_num(mean)) / np.where(std > 0, std, 1.0), 0.0)
-    z = np.where(np.isneginf(s), -np.inf, np.nan_to_num(z))
-    mean_z = z.mean(axis=0)
-    # Round before comparing: shared votes (1/3 + 1/3 vs 2/3) must tie exactly.
-    key = [(-round(float(votes[c]), 9), -round(float(mean_z[c]), 9), c) for c in range(s.shape[1])]
-    return Vote(min(key)[2], votes, mean_z)
+    return Vote(_decide(votes, mean_z), votes, mean_z)
+
+
+@VOTES.register("borda")
+def borda(scores: np.ndarray) -> Vote:
+    """Borda count: per reward, C-1 points for the best down to 0 for the worst (ties share their places)."""
+    s, mean_z = _prepare(scores)
+    below = (s[:, None, :] < s[:, :, None]).sum(axis=2)  # [R, C] candidates scored below c
+    tied = (s[:, None, :] == s[:, :, None]).sum(axis=2) - 1  # [R, C] others scored like c
+    points = (below + tied / 2.0).sum(axis=0)
+    if np.isneginf(s).all(axis=0).any():  # an unscored candidate gets no points at all
+        points = np.where(np.isneginf(s).all(axis=0), -np.inf, points)
+    return Vote(_decide(points, mean_z), points, mean_z)
+
+
+@VOTES.register("mean-z")
+def mean_z_vote(scores: np.ndarray) -> Vote:
+    """The highest mean z-normalised score over the rewards, then the fixed order."""
+    _, mean_z = _prepare(scores)
+    return Vote(_decide(mean_z, mean_z), mean_z, mean_z)
