@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmfuse.alignment import build_vocab_map, project_logprobs
-from lmfuse.ensemble.support import Preimages, floor_logprob, restricted_problem, rows_at
+from lmfuse.ensemble.support import Preimages, block_topk, floor_logprob, restricted_problem, span
 from lmfuse.ensemble.weighting import WeightProblem
 
 WIDTH = 448  # the toy members' logits width (400 tokens padded to a multiple of 64)
@@ -68,7 +68,7 @@ def test_restricted_problem_equals_full_projection_when_the_pool_is_the_vocabula
     assert got.shape == (2, t, 2 * k + 1)
     proj = project_logprobs(other_rows[index[1].clamp_min(0)], vmap)
     if fusion == "product":  # holes: the member's smallest log-prob over mappable ids
-        floor = floor_logprob(other_rows[index[1].clamp_min(0)], torch.from_numpy(vmap.index >= 0))
+        floor = floor_logprob(other_rows[index[1].clamp_min(0)], pre[1])
         proj = torch.where(torch.isfinite(proj), proj, floor[:, None])
     ref = reference_support([seed_rows, proj], present, targets, k)
     for i in range(t):
@@ -85,8 +85,32 @@ def test_restricted_problem_equals_full_projection_when_the_pool_is_the_vocabula
     assert bool(torch.isfinite(problem.objective(torch.tensor([0.3, 0.7]))))
 
 
-def test_rows_at_is_a_view_for_consecutive_rows() -> None:
-    x = rows(5, 3)
-    assert rows_at(x, torch.tensor([1, 2, 3])).data_ptr() == x[1].data_ptr()
-    assert torch.equal(rows_at(x, torch.tensor([3, 1])), x[[3, 1]])
-    assert rows_at(x, torch.zeros(0, dtype=torch.long)).shape == (0, WIDTH)
+def test_floor_is_the_smallest_log_prob_over_mapped_ids_by_runs_or_mask() -> None:
+    index = np.full(WIDTH, 7)
+    index[[0, 1, 50, 51, 52, 400]] = -1
+    pre = Preimages.of(index, WIDTH)
+    assert pre.runs == [(2, 50), (53, 400), (401, WIDTH)]
+    x = rows(4, 5)
+    want = x.masked_fill(torch.from_numpy(index < 0), float("inf")).amin(-1)
+    assert torch.equal(floor_logprob(x, pre), want)
+    scattered = np.where(np.arange(WIDTH) % 3 == 0, -1, 7)  # > 64 runs: the masked path
+    pre = Preimages.of(scattered, WIDTH)
+    assert len(pre.runs) > 64
+    assert torch.equal(floor_logprob(x, pre), x.masked_fill(torch.from_numpy(scattered < 0), float("inf")).amin(-1))
+
+
+def test_span_is_a_view_holding_the_rows() -> None:
+    x = rows(6, 3)
+    sub, local = span(x, torch.tensor([4, 2, 3]))
+    assert sub.data_ptr() == x[2].data_ptr() and sub.shape[0] == 3
+    assert torch.equal(sub[local], x[[4, 2, 3]])
+    assert span(x, torch.zeros(0, dtype=torch.long))[0].shape == (0, WIDTH)
+
+
+@pytest.mark.parametrize(("width", "k"), [(4096, 64), (4096, 200), (448, 64), (1000, 8)])
+def test_block_topk_finds_the_same_set_as_topk(width: int, k: int) -> None:
+    g = torch.Generator().manual_seed(width + k)
+    x = torch.randn(7, width, generator=g) * 3
+    x[0, :40] = 10.0 + torch.arange(40.0)  # the top entries crowded into few blocks
+    got = block_topk(x, k).sort(-1).values
+    assert torch.equal(got, x.topk(k, dim=-1).indices.sort(-1).values)
