@@ -41,6 +41,7 @@ done
 link_stages avg-ce extract align
 timed "avg-ce combine" $L fuse combine $RECIPE --set output_dir=$R/avg-ce --set combine.function=avg-ce
 link_stages clm extract align combine
+link_stages clm-seed7 extract align combine
 wait $orig
 
 variant() {  # variant NAME OVERRIDES...: train then evaluate one variant
@@ -50,4 +51,6 @@ variant() {  # variant NAME OVERRIDES...: train then evaluate one variant
 variant min-ce > $R/lane-min-ce.log 2>&1 &                                  # (c) FuseLLM MinCE
 variant clm --set train.lm_weight=1.0 > $R/lane-clm.log 2>&1 &              # (b) continued training
 variant avg-ce --set combine.function=avg-ce > $R/lane-avg-ce.log 2>&1 &    # (d) FuseLLM AvgCE
+# Run-to-run noise: (b) again with another data order (train.seed picks which 24 rows, in which order).
+variant clm-seed7 --set train.lm_weight=1.0 --set train.seed=7 > $R/lane-clm-seed7.log 2>&1 &
 wait
