@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmfuse.alignment import build_vocab_map, project_logprobs
+from lmfuse.alignment import VocabMap, build_vocab_map, project_logprobs
+from lmfuse.ensemble.fusion import fill_holes
 from lmfuse.ensemble.support import Preimages, block_topk, floor_logprob, restricted_problem, span
 from lmfuse.ensemble.weighting import WeightProblem
 
@@ -33,6 +34,8 @@ def test_preimages_logprob_equals_the_full_projection(tables: dict[str, Any], sr
     fin = torch.isfinite(full)
     assert torch.allclose(got[fin], full[fin], atol=1e-5)
     assert bool(torch.isinf(pre.logprob(lp, torch.tensor([0]), torch.tensor([-1]))).all())
+    chunked = pre.logprob(lp, pos, ids, max_gather=7).view(3, WIDTH)  # many small chunks: the same values
+    assert torch.equal(torch.isfinite(chunked), torch.isfinite(got)) and torch.allclose(chunked[fin], got[fin])
 
 
 def reference_support(full: list[torch.Tensor], present: torch.Tensor, targets: torch.Tensor,
@@ -67,9 +70,8 @@ def test_restricted_problem_equals_full_projection_when_the_pool_is_the_vocabula
     got = restricted_problem([seed_rows, other_rows], index, present, targets, pre, k, WIDTH, fusion == "product")
     assert got.shape == (2, t, 2 * k + 1)
     proj = project_logprobs(other_rows[index[1].clamp_min(0)], vmap)
-    if fusion == "product":  # holes: the member's smallest log-prob over mappable ids
-        floor = floor_logprob(other_rows[index[1].clamp_min(0)], pre[1])
-        proj = torch.where(torch.isfinite(proj), proj, floor[:, None])
+    if fusion == "product":  # holes: the row's smallest projected log-prob (fusion.fill_holes)
+        proj = fill_holes(proj)
     ref = reference_support([seed_rows, proj], present, targets, k)
     for i in range(t):
         cols = [j for j in range(got.shape[2]) if bool(torch.isfinite(got[0, i, j]))]
@@ -85,18 +87,23 @@ def test_restricted_problem_equals_full_projection_when_the_pool_is_the_vocabula
     assert bool(torch.isfinite(problem.objective(torch.tensor([0.3, 0.7]))))
 
 
-def test_floor_is_the_smallest_log_prob_over_mapped_ids_by_runs_or_mask() -> None:
-    index = np.full(WIDTH, 7)
-    index[[0, 1, 50, 51, 52, 400]] = -1
-    pre = Preimages.of(index, WIDTH)
-    assert pre.runs == [(2, 50), (53, 400), (401, WIDTH)]
-    x = rows(4, 5)
-    want = x.masked_fill(torch.from_numpy(index < 0), float("inf")).amin(-1)
-    assert torch.equal(floor_logprob(x, pre), want)
-    scattered = np.where(np.arange(WIDTH) % 3 == 0, -1, 7)  # > 64 runs: the masked path
+@pytest.mark.parametrize(("src", "tgt"), [("bytebpe", "sentencepiece"), ("sentencepiece", "bytebpe")])
+def test_floor_equals_fill_holes_of_the_full_projection(tables: dict[str, Any], src: str, tgt: str) -> None:
+    vmap = build_vocab_map(tables[src], tables[tgt], method="prefix", src_width=WIDTH, tgt_width=WIDTH, cache=False)
+    pre = Preimages.of(vmap.index, WIDTH, vmap.exact)
+    x = rows(16, 5, peaky=6.0)
+    full = project_logprobs(x, vmap)
+    want = torch.where(torch.isfinite(full), full, torch.tensor(float("inf"))).amin(-1)
+    assert torch.allclose(floor_logprob(x, pre), want, atol=1e-5)
+    for few in (1, 2):  # too few listed ids: rows are scanned, or fat seed tokens computed
+        assert torch.allclose(floor_logprob(x, pre, few=few, small=1), want, atol=1e-5)
+    assert pre.runs and all(lo < hi for lo, hi in pre.runs)
+    scattered = np.where(np.arange(WIDTH) % 3 == 0, -1, vmap.index)  # > 64 runs of mapped ids: the masked path
     pre = Preimages.of(scattered, WIDTH)
     assert len(pre.runs) > 64
-    assert torch.equal(floor_logprob(x, pre), x.masked_fill(torch.from_numpy(scattered < 0), float("inf")).amin(-1))
+    full = project_logprobs(x, VocabMap(scattered, vmap.exact, vmap.distance, WIDTH, WIDTH, "test"))
+    want = torch.where(torch.isfinite(full), full, torch.tensor(float("inf"))).amin(-1)
+    assert torch.allclose(floor_logprob(x, pre), want, atol=1e-5)
 
 
 def test_span_is_a_view_holding_the_rows() -> None:
@@ -114,3 +121,5 @@ def test_block_topk_finds_the_same_set_as_topk(width: int, k: int) -> None:
     x[0, :40] = 10.0 + torch.arange(40.0)  # the top entries crowded into few blocks
     got = block_topk(x, k).sort(-1).values
     assert torch.equal(got, x.topk(k, dim=-1).indices.sort(-1).values)
+    low = block_topk(x, k, largest=False).sort(-1).values
+    assert torch.equal(low, x.topk(k, dim=-1, largest=False).indices.sort(-1).values)

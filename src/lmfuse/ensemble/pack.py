@@ -217,9 +217,12 @@ class Pack:
     def preimages(self, k: int, s: int) -> Preimages:
         """Member k -> seed s vocabulary map inverted (CSR), for the weight fit's support."""
         if (k, s) not in self._pre:
-            width = self.members[k].logits_width
-            index = np.arange(width) if self.same_tokenizer(k, s) else self.vocab_map(k, s).index
-            self._pre[(k, s)] = Preimages.of(index, self.members[s].logits_width)
+            width, seed_width = self.members[k].logits_width, self.members[s].logits_width
+            if self.same_tokenizer(k, s):
+                self._pre[(k, s)] = Preimages.of(np.arange(width), seed_width, np.ones(width, dtype=bool))
+            else:
+                vmap = self.vocab_map(k, s)
+                self._pre[(k, s)] = Preimages.of(vmap.index, seed_width, vmap.exact)
         return self._pre[(k, s)]
 
     def problem(self, a: Analysis) -> WeightProblem:

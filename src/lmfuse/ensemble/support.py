@@ -15,8 +15,8 @@ present member's ``k`` most likely seed tokens (``Pack(support_k=64)``). Project
 Values are exact (float noise aside). The selection differs from a full projection only where a seed token
 outside a member's top ``pool`` own ids gathers, from many small preimages, more mass than its ``k``-th best;
 with ``pool = 4k`` that is rare and only swaps near-tied low-mass candidates. Seed tokens a member cannot
-express (no preimage) get the member's smallest log-prob over mappable ids under the product rule ("as
-unlikely as its least likely token", cf. ``fusion.fill_holes``), ``-inf`` under the mixture.
+express (no preimage) get the smallest projected log-prob of the row under the product rule ("as unlikely
+as its least likely token", exactly ``fusion.fill_holes``), ``-inf`` under the mixture.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ class Preimages:
     start: torch.Tensor  # [V_seed] long: first position in ``order`` of each seed id's preimages
     count: torch.Tensor  # [V_seed] long: number of preimages (0 = the member cannot express the token)
     runs: list[tuple[int, int]]  # maximal ranges [lo, hi) of mapped member ids (few: specials sit in blocks)
+    rep: torch.Tensor  # [V_seed] long: a representative preimage (the exact-surface one when there is one; 0 if none)
 
     @classmethod
-    def of(cls, index: np.ndarray, seed_width: int) -> Preimages:
+    def of(cls, index: np.ndarray, seed_width: int, exact: np.ndarray | None = None) -> Preimages:
+        """From a map's ``index`` (member id -> seed id); ``exact`` (bool per member id) picks representatives."""
         idx = np.asarray(index, dtype=np.int64)
         idx = np.where(idx < seed_width, idx, -1)
         mapped = np.flatnonzero(idx >= 0)
@@ -48,18 +50,37 @@ class Preimages:
         start = np.concatenate([[0], np.cumsum(count)[:-1]])
         edges = np.diff(np.concatenate([[0], (idx >= 0).astype(np.int8), [0]]))
         runs = list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+        rep = np.zeros(seed_width, dtype=np.int64)
+        has = count > 0
+        rep[has] = order[start[has]]
+        if exact is not None:  # the exact-surface preimage, usually the likeliest of its seed token's preimages
+            twins = mapped[np.asarray(exact, dtype=bool)[: len(idx)][mapped]]
+            rep[idx[twins]] = twins
         return cls(torch.from_numpy(idx), torch.from_numpy(order), torch.from_numpy(start),
-                   torch.from_numpy(count), runs)
+                   torch.from_numpy(count), runs, torch.from_numpy(rep))
 
-    def logprob(self, rows: torch.Tensor, pos: torch.Tensor, seed_ids: torch.Tensor) -> torch.Tensor:
+    def logprob(self, rows: torch.Tensor, pos: torch.Tensor, seed_ids: torch.Tensor,
+                max_gather: int = 1 << 22) -> torch.Tensor:
         """``[N]`` exact projected log-prob of seed id ``seed_ids[n]`` in member row ``rows[pos[n]]``.
 
         ``rows [P, V_member]`` log-probs; ``-inf`` where the seed id has no preimage (or ``seed_ids < 0``).
+        Pairs are processed in chunks of at most ``max_gather`` preimages (memory).
         """
         ok = seed_ids >= 0
         ids = seed_ids.clamp_min(0)
         counts = torch.where(ok, self.count[ids], torch.zeros_like(ids))
         n = int(seed_ids.shape[0])
+        ends = torch.cumsum(counts, 0)
+        out, lo = [], 0
+        while lo < n:  # the largest chunk of pairs within budget (at least one pair)
+            base = int(ends[lo - 1]) if lo else 0
+            hi = max(lo + 1, int(torch.searchsorted(ends, base + max_gather, right=True)))
+            out.append(self._logprob(rows, pos[lo:hi], ids[lo:hi], counts[lo:hi]))
+            lo = hi
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def _logprob(self, rows: torch.Tensor, pos: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        n = int(ids.shape[0])
         out = torch.full((n,), float("-inf"))
         total = int(counts.sum())
         if total == 0:
@@ -75,16 +96,82 @@ class Preimages:
         return torch.where(summed > 0, torch.log(summed) + safe, out)
 
 
-def floor_logprob(rows: torch.Tensor, pre: Preimages, chunk: int = 16) -> torch.Tensor:
-    """``[P]`` each row's smallest log-prob over mappable member ids, without a full-width copy."""
-    if len(pre.runs) <= 64:  # a min over each slice of mapped ids
-        return torch.stack([rows[:, lo:hi].amin(-1) for lo, hi in pre.runs]).amin(0)
-    mapped, inf = pre.index >= 0, torch.tensor(float("inf"))
-    return torch.cat([torch.where(mapped, rows[lo:lo + chunk], inf).amin(-1) for lo in range(0, rows.shape[0], chunk)])
+def _lowest_mapped(rows: torch.Tensor, pre: Preimages, few: int, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``few`` least likely mappable member ids per run of mapped ids, ``[P, n]``, and ``[P]`` a bound
+    every mappable id *not* listed reaches (its log-prob is at least the bound). No full-width copy."""
+    inf = torch.tensor(float("inf"))
+    if len(pre.runs) <= 64:
+        ids, bound = [], torch.full((rows.shape[0],), float("inf"))
+        for lo, hi in pre.runs:
+            got = lo + block_topk(rows[:, lo:hi], min(few, hi - lo), largest=False)
+            ids.append(got)
+            if hi - lo > few:
+                bound = torch.minimum(bound, rows.gather(1, got).amax(-1))
+        return torch.cat(ids, dim=1), bound
+    mapped = pre.index >= 0
+    got = torch.cat([block_topk(torch.where(mapped, rows[lo:lo + chunk], inf), few, largest=False)
+                     for lo in range(0, rows.shape[0], chunk)])
+    return got, rows.gather(1, got).amax(-1)
 
 
-def block_topk(x: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
-    """``[P, k]`` indices of each row's ``k`` largest entries of ``x [P, V]`` (as a set; ties broken arbitrarily).
+def floor_logprob(rows: torch.Tensor, pre: Preimages, few: int = 16, small: int = 64) -> torch.Tensor:
+    """``[P]`` the smallest projected log-prob over the seed tokens each row can express: exactly the value
+    ``fusion.fill_holes`` gives the holes of a full projection, found without projecting the row.
+
+    A projected value is a log-sum-exp of member log-probs, so it is at least each of its preimages. The
+    exact value of the seed token of one of the ``few`` least likely mappable ids (``ub``) bounds the floor
+    from above; only seed tokens with a preimage below ``ub`` can go lower, and those preimages are among the
+    listed ids whenever ``ub`` does not exceed the bound the unlisted ids reach (else the row is scanned).
+    Seed tokens with many preimages are skipped when their representative preimage (the member token with
+    the same surface) already reaches ``ub``.
+    """
+    p = rows.shape[0]
+    low, bound = _lowest_mapped(rows, pre, few)  # [P, n], [P]
+    n = low.shape[1]
+    seeds = pre.index[low]  # [P, n]
+    pos = torch.arange(p)[:, None].expand(-1, n)
+    lean = pre.count[seeds] <= small
+    exact = torch.full((p, n), float("inf"))
+    exact[lean] = pre.logprob(rows, pos[lean], seeds[lean])
+    done = lean.clone()
+    ub = exact.amin(-1)
+    fat_only = ~torch.isfinite(ub)  # every listed id lands on a fat seed token: compute those too
+    if bool(fat_only.any()):
+        sel = fat_only[:, None] & ~lean
+        exact[sel] = pre.logprob(rows, pos[sel], seeds[sel])
+        done |= sel
+        ub = exact.amin(-1)
+    # Seed tokens with a preimage below ub: among the listed ids (covered rows), else found by a scan.
+    covered = ub <= bound
+    cand_r, cand_s = [], []
+    sel = covered[:, None] & ~done & (rows.gather(1, low) < ub[:, None])
+    cand_r.append(pos[sel])
+    cand_s.append(seeds[sel])
+    for i in torch.nonzero(~covered).squeeze(1).tolist():
+        b = torch.nonzero(rows[i] < ub[i]).squeeze(1)
+        b = b[pre.index[b] >= 0]
+        cand_r.append(torch.full_like(b, i))
+        cand_s.append(pre.index[b])
+    r, a = torch.cat(cand_r), torch.cat(cand_s)
+    if len(r):
+        # Skip seed tokens whose representative preimage already reaches ub (their value is >= it).
+        keep = torch.take(rows, r * rows.shape[-1] + pre.rep[a]) < ub[r]
+        r, a = r[keep], a[keep]
+    floor = ub
+    if len(r):
+        floor = floor.scatter_reduce(0, r, pre.logprob(rows, r, a), reduce="amin", include_self=True)
+    bad = torch.nonzero(~torch.isfinite(floor)).squeeze(1)
+    for i in bad.tolist():  # -inf log-probs (never from finite logits): min over every expressible token
+        ids = torch.nonzero(pre.count > 0).squeeze(1)
+        vals = pre.logprob(rows, torch.full_like(ids, i), ids)
+        fin = vals[torch.isfinite(vals)]
+        floor[i] = fin.min() if len(fin) else 0.0
+    return floor
+
+
+def block_topk(x: torch.Tensor, k: int, block: int = 32, largest: bool = True) -> torch.Tensor:
+    """``[P, k]`` indices of each row's ``k`` largest (or smallest) entries of ``x [P, V]`` (as a set; ties
+    broken arbitrarily).
 
     Exact and ~10x cheaper than ``topk`` over 150k-262k columns: a row's top ``k`` entries lie in the ``k``
     blocks (of ``block`` columns) with the largest maxima, since fewer than ``k`` blocks can hold an entry
@@ -93,11 +180,12 @@ def block_topk(x: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
     p, v = x.shape
     n = v // block
     if v % block or n <= k:
-        return x.topk(k, dim=-1).indices
+        return x.topk(k, dim=-1, largest=largest).indices
     blocks = x.view(p, n, block)
-    best = blocks.amax(-1).topk(k, dim=-1).indices  # [P, k]
+    extreme = blocks.amax(-1) if largest else blocks.amin(-1)
+    best = extreme.topk(k, dim=-1, largest=largest).indices  # [P, k]
     cols = (best[..., None] * block + torch.arange(block)).reshape(p, k * block)  # [P, k*block]
-    inner = x.gather(-1, cols).topk(k, dim=-1).indices
+    inner = x.gather(-1, cols).topk(k, dim=-1, largest=largest).indices
     return cols.gather(-1, inner)
 
 
