@@ -123,3 +123,5 @@ def test_block_topk_finds_the_same_set_as_topk(width: int, k: int) -> None:
     assert torch.equal(got, x.topk(k, dim=-1).indices.sort(-1).values)
     low = block_topk(x, k, largest=False).sort(-1).values
     assert torch.equal(low, x.topk(k, dim=-1, largest=False).indices.sort(-1).values)
+    view = x[:, 5:]  # a column slice (not contiguous), width not a multiple of the block
+    assert torch.equal(block_topk(view, k).sort(-1).values, view.topk(k, dim=-1).indices.sort(-1).values)

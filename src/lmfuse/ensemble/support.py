@@ -179,12 +179,14 @@ def block_topk(x: torch.Tensor, k: int, block: int = 32, largest: bool = True) -
     """
     p, v = x.shape
     n = v // block
-    if v % block or n <= k:
+    if n <= k:
         return x.topk(k, dim=-1, largest=largest).indices
-    blocks = x.view(p, n, block)
+    blocks = x[:, : n * block].view(p, n, block)  # a view even of a column slice; the tail is kept whole
     extreme = blocks.amax(-1) if largest else blocks.amin(-1)
     best = extreme.topk(k, dim=-1, largest=largest).indices  # [P, k]
     cols = (best[..., None] * block + torch.arange(block)).reshape(p, k * block)  # [P, k*block]
+    if v > n * block:
+        cols = torch.cat([cols, torch.arange(n * block, v).expand(p, -1)], dim=1)
     inner = x.gather(-1, cols).topk(k, dim=-1, largest=largest).indices
     return cols.gather(-1, inner)
 
