@@ -30,9 +30,15 @@ def test_k1_greedy_equals_uncached_reference_on_real_member(name: str) -> None:
     assert Pack([member]).generate([PROMPT], max_new_tokens=12)[0].text == reference_greedy(member, PROMPT, 12)
 
 
-def test_cross_tokenizer_fidelity_on_real_pair() -> None:
-    a, b = load("smollm2"), load("gemma3")
-    own = Pack([b]).generate([PROMPT], max_new_tokens=16)[0].text
-    fused = Pack([a, b], weighting="fixed", seed_member=a.name,
-                 options=WeightOptions(fixed=[0.0, 1.0])).generate([PROMPT], max_new_tokens=24)[0].text
+@pytest.mark.parametrize(("seed", "b", "prompt"), [
+    ("smollm2", "gemma3", PROMPT),
+    # gemma3 writes "\n\n" as one token; smollm2 reads "Ċ Ċ The" but would re-read a text-final "\n\n"
+    # as "ĊĊ" and then write "2." (the regression behind the 0.617 figure).
+    ("gemma3", "smollm2", "The capital of France is Paris. The capital of Italy is"),
+])
+def test_cross_tokenizer_fidelity_on_real_pair(seed: str, b: str, prompt: str) -> None:
+    a, bm = load(seed), load(b)
+    own = Pack([bm]).generate([prompt], max_new_tokens=16)[0].text
+    fused = Pack([a, bm], weighting="fixed", seed_member=a.name,
+                 options=WeightOptions(fixed=[0.0, 1.0])).generate([prompt], max_new_tokens=24)[0].text
     assert char_agreement(own, fused[: len(own)]) >= 0.95, (own, fused)
