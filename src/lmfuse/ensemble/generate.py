@@ -11,11 +11,12 @@ The loop, per prompt:
 3. Members then catch up on the new text:
    * the seed, and members with the seed's exact vocabulary, append the chosen id (so K = 1 reproduces
      the single model's own decoding exactly);
-   * every other member re-tokenizes the generated text with its own tokenizer, keeps the longest common
-     prefix of token ids already in its cache (``DynamicCache.crop``: the rollback when the new text
-     merges into its last token, e.g. ``"hel" + "lo" -> "hello"``) and feeds only the rest. Its
-     tokens are thus always its canonical tokenization of the text, never a one-for-one translation of
-     the seed's ids (which the reference PackLLM would do);
+   * every other member reads the generated text in its own tokens: its canonical tokenization, or the
+     ids it already holds plus its tokens of the new text, whichever it would have written itself
+     (`_Reader.reading`); it keeps the longest common prefix of ids already in its cache
+     (``DynamicCache.crop``: the rollback when the new text merges into its last token, e.g.
+     ``"hel" + "lo" -> "hello"``) and feeds only the rest. Never a one-for-one translation of the
+     seed's ids (which the reference PackLLM would do);
    * while the seed has emitted only part of a UTF-8 character (byte-fallback tokens), no other member
      can read the text; they abstain and the weights are renormalised over the members present.
 4. Stop at the seed's EOS, at a stop string (the text is cut before it), or after ``max_new_tokens``
@@ -128,8 +129,8 @@ class _Reader:
 
         A tokenization of a text that is still growing is not always a prefix of the tokenization of the
         longer text. Byte-level BPE groups a text-final whitespace run into one token (``"\n\n"`` ->
-        ``ĊĊ``) but, before a word, splits off the last whitespace character (``Ċ Ċ The``); SentencePiece
-        pre-tokenizers do the same with runs of ``▁``. A model never sees ``ĊĊ`` before a word in
+        ``ĊĊ``) but, before a word, splits off the last whitespace character (``Ċ Ċ The``), and BPE merges
+        re-segment earlier pieces as text arrives (``cl as`` -> ``cl a ss``). A model never sees ``ĊĊ`` before a word in
         training, so re-reading the text canonically at every step puts it in a context it does not know
         (SmolLM2 writes ``"2."`` after ``ĊĊ`` but ``"The"`` after ``Ċ Ċ``). The alternative reading keeps
         the member's ids and tokenizes only the new text. Where the two first differ (position ``p``),
