@@ -121,3 +121,13 @@ def test_llama_cpp_oracle_ids_decode_to_the_inputs(vocab: str) -> None:
         assert got in (text.encode(), prefix + text.encode()), (text, ids)
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3", "qwen-coder"])
+def test_zoo_table_from_rust_accessors_equals_the_json_one(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmfuse.alignment import tokens
+
+    fast = zoo_table(name)
+    monkeypatch.setattr(tokens, "_light_spec", lambda backend: None)  # the full tokenizer.json path
+    slow = token_table(zoo_tokenizer(name))
+    assert fast.content_hash == slow.content_hash and fast.family == slow.family

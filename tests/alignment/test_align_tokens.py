@@ -118,3 +118,16 @@ def test_surfaces_of_feeds_dtw(tokenizers3: dict[str, Any], tables: dict[str, An
     ids = tokenizers3["bytebpe"]("Hi the", add_special_tokens=False)["input_ids"]
     assert "".join(surfaces_of(tables["bytebpe"], ids)) == "Hi the"
     assert surfaces_of(tables["bytebpe"], [10_000, -1]) == ["", ""]
+
+
+@pytest.mark.parametrize("family", ["bytebpe", "sentencepiece", "wordpiece"])
+def test_table_from_rust_accessors_equals_the_json_one(tokenizers3: dict[str, Any], family: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmfuse.alignment import tokens
+
+    tok = tokenizers3[family]
+    assert tokens._light_spec(tok.backend_tokenizer) is not None  # BPE / WordPiece: the fast path is taken
+    fast = token_table(tok)
+    monkeypatch.setattr(tokens, "_light_spec", lambda backend: None)
+    slow = token_table(tok)
+    assert fast.content_hash == slow.content_hash and fast.text == slow.text and fast.family == slow.family

@@ -177,6 +177,32 @@ def _roles(tokenizer: Any) -> dict[str, int]:
     return roles
 
 
+def _light_spec(backend: Any) -> dict[str, Any] | None:
+    """The parts of ``tokenizer.json`` a table needs, read through the Rust objects, for BPE and WordPiece
+    models: serialising and parsing the whole description (its merges list: ~8 s for a 262k vocabulary)
+    is most of a table's cost. ``None`` (use the full JSON) for other models or when an accessor is missing."""
+    try:
+        model = backend.model
+        kind = type(model).__name__
+        if kind not in ("BPE", "WordPiece"):
+            return None  # Unigram vocabularies may repeat a piece: only the JSON list keeps every id
+
+        def part(component: Any) -> Any:
+            return json.loads(component.__getstate__()) if component is not None else None
+
+        return {
+            "model": {"type": kind, "vocab": backend.get_vocab(with_added_tokens=False),
+                      "byte_fallback": getattr(model, "byte_fallback", False),
+                      "continuing_subword_prefix": getattr(model, "continuing_subword_prefix", None)},
+            "normalizer": part(backend.normalizer), "pre_tokenizer": part(backend.pre_tokenizer),
+            "decoder": part(backend.decoder),
+            "added_tokens": [{"id": i, "content": a.content, "special": a.special}
+                             for i, a in backend.get_added_tokens_decoder().items()],
+        }
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def token_table(tokenizer: Any, name: str = "") -> TokenTable:
     """The :class:`TokenTable` of a HF fast tokenizer (or a bare ``tokenizers.Tokenizer``).
 
@@ -186,7 +212,7 @@ def token_table(tokenizer: Any, name: str = "") -> TokenTable:
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if not hasattr(backend, "to_str"):
         raise TypeError(f"expected a fast tokenizer (with backend_tokenizer.to_str()), got {type(tokenizer).__name__}")
-    spec = json.loads(backend.to_str())
+    spec = _light_spec(backend) or json.loads(backend.to_str())
     model = spec.get("model") or {}
     family = detect_family(spec)
     pieces = _model_vocab(model)
