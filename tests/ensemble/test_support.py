@@ -125,3 +125,15 @@ def test_block_topk_finds_the_same_set_as_topk(width: int, k: int) -> None:
     assert torch.equal(low, x.topk(k, dim=-1, largest=False).indices.sort(-1).values)
     view = x[:, 5:]  # a column slice (not contiguous), width not a multiple of the block
     assert torch.equal(block_topk(view, k).sort(-1).values, view.topk(k, dim=-1).indices.sort(-1).values)
+
+
+@pytest.mark.parametrize(("src", "tgt"), [("bytebpe", "sentencepiece"), ("sentencepiece", "bytebpe")])
+def test_preimages_project_is_project_logprobs_then_fill_holes(tables: dict[str, Any], src: str, tgt: str) -> None:
+    vmap = build_vocab_map(tables[src], tables[tgt], method="prefix", src_width=WIDTH, tgt_width=WIDTH, cache=False)
+    pre = Preimages.of(vmap.index, WIDTH, vmap.exact)
+    x = rows(5, 9, peaky=8.0)
+    full = project_logprobs(x, vmap)
+    assert torch.allclose(pre.project(x, fill=False), full, atol=1e-6)  # -inf where nothing maps, on both
+    assert torch.equal(torch.isinf(pre.project(x, fill=False)), torch.isinf(full))
+    assert torch.allclose(pre.project(x, fill=True), fill_holes(full), atol=1e-6)
+    assert bool(torch.isfinite(pre.project(x, fill=True)).all())

@@ -181,11 +181,10 @@ class Pack:
             if out.shape[-1] < seed_width:
                 pad = torch.full((*out.shape[:-1], seed_width - out.shape[-1]), float("-inf"))
                 out = torch.cat([out, pad], dim=-1)
-        else:
-            from lmfuse.alignment import project_logprobs
-
-            out = project_logprobs(rows, self.vocab_map(k, s))
-        return fill_holes(out) if self.fusion == "product" else out
+            return fill_holes(out) if self.fusion == "product" else out
+        lead = rows.shape[:-1]
+        flat = self.preimages(k, s).project(rows.reshape(-1, rows.shape[-1]), fill=self.fusion == "product")
+        return flat.reshape(*lead, seed_width)
 
     # ---- prompt analysis and weights -------------------------------------------------------------------
     def normalised_nll(self, run: TextRun, text: str) -> float:

@@ -38,6 +38,8 @@ class Preimages:
     count: torch.Tensor  # [V_seed] long: number of preimages (0 = the member cannot express the token)
     runs: list[tuple[int, int]]  # maximal ranges [lo, hi) of mapped member ids (few: specials sit in blocks)
     rep: torch.Tensor  # [V_seed] long: a representative preimage (the exact-surface one when there is one; 0 if none)
+    hit: torch.Tensor  # [H] long: the seed ids with at least one preimage
+    seg: torch.Tensor  # [M] long: slot in ``hit`` of each entry of ``order``
 
     @classmethod
     def of(cls, index: np.ndarray, seed_width: int, exact: np.ndarray | None = None) -> Preimages:
@@ -56,8 +58,31 @@ class Preimages:
         if exact is not None:  # the exact-surface preimage, usually the likeliest of its seed token's preimages
             twins = mapped[np.asarray(exact, dtype=bool)[: len(idx)][mapped]]
             rep[idx[twins]] = twins
+        hit = np.flatnonzero(count > 0)
+        seg = np.repeat(np.arange(len(hit)), count[hit])
         return cls(torch.from_numpy(idx), torch.from_numpy(order), torch.from_numpy(start),
-                   torch.from_numpy(count), runs, torch.from_numpy(rep))
+                   torch.from_numpy(count), runs, torch.from_numpy(rep), torch.from_numpy(hit), torch.from_numpy(seg))
+
+    def project(self, rows: torch.Tensor, fill: bool) -> torch.Tensor:
+        """``[N, V_member] -> [N, V_seed]``: the full projection (``alignment.project_logprobs``), followed by
+        ``fusion.fill_holes`` when ``fill``, computed over the expressible seed tokens only (the same sums in
+        the same order), so a wide seed vocabulary is written once instead of scattered, scanned and filled."""
+        hit, seg = self.hit, self.seg
+        n = rows.shape[0]
+        vals = rows[:, self.order].float()  # [N, M]
+        idx = seg.expand(n, -1)
+        top = torch.full((n, len(hit)), float("-inf")).scatter_reduce(1, idx, vals, reduce="amax", include_self=True)
+        safe = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        summed = torch.zeros_like(top).scatter_add(1, idx, torch.exp(vals - safe.gather(1, idx)))
+        lp = torch.where(summed > 0, torch.log(summed) + safe, torch.full_like(top, float("-inf")))  # [N, H]
+        width = int(self.count.shape[0])
+        if not fill:
+            return torch.full((n, width), float("-inf")).index_copy_(1, hit, lp)
+        finite = torch.isfinite(lp)
+        floor = torch.where(finite, lp, torch.tensor(float("inf"))).amin(-1, keepdim=True) if len(hit) else \
+            torch.full((n, 1), float("inf"))
+        floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))  # no finite entry: 0 (fill_holes)
+        return floor.expand(n, width).clone().index_copy_(1, hit, torch.where(finite, lp, floor))
 
     def logprob(self, rows: torch.Tensor, pos: torch.Tensor, seed_ids: torch.Tensor,
                 max_gather: int = 1 << 22) -> torch.Tensor:
