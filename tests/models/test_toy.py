@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -38,3 +39,16 @@ def test_score_tokens_rolling_windows_score_every_token_once(toy_members: dict[s
     assert windowed.shape == whole.shape
     # Inside the first window both see the same context, so the scores agree there.
     assert torch.allclose(windowed[:6], whole[:6], atol=1e-5)
+
+
+def test_toy_tokenizers_are_identical_in_every_process() -> None:
+    """A toy member is rebuilt from its spec in each process (multi-process and resumed fuse runs), so
+    its vocabulary must not depend on the process (tokenizers' WordPieceTrainer did: hash-map order)."""
+    import subprocess
+    import sys
+
+    code = ("import json; from lmfuse.models.toy import build_tokenizer, FAMILIES; "
+            "print(json.dumps({f: sorted(build_tokenizer(f).get_vocab().items()) for f in FAMILIES}))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)]
+    assert runs[0] == runs[1]

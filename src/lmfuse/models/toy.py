@@ -50,7 +50,7 @@ def _bos_eos(family: str) -> tuple[str, str, str, str]:
 
 def build_tokenizer(family: str, vocab_size: int = 400, text: str | None = None) -> Any:
     """Train a tiny fast tokenizer of one family; returns a ``transformers.PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     corpus = (text or toy_corpus()).splitlines(keepends=True)
@@ -68,17 +68,39 @@ def build_tokenizer(family: str, vocab_size: int = 400, text: str | None = None)
     elif family == "sentencepiece":
         tok = _train_sentencepiece_style(corpus, vocab_size, specials)
     elif family == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token=unk))
-        tok.normalizer = normalizers.NFC()
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        wp_trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-        tok.train_from_iterator(corpus, wp_trainer)
+        tok = _train_wordpiece(corpus, vocab_size, specials)
     else:
         raise ValueError(f"unknown tokenizer family {family!r}; valid: {', '.join(FAMILIES)}")
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk
     )
+
+
+def _train_wordpiece(corpus: list[str], vocab_size: int, specials: list[str]) -> Any:
+    """BERT-style WordPiece whose pieces are learnt by BPE over the same words.
+
+    tokenizers' ``WordPieceTrainer`` (0.23) is not deterministic across processes: ties are broken in
+    hash-map order, so two processes built different vocabularies from the same text. A toy member must
+    be rebuilt identically from its spec in every process (multi-process and resumed fuse runs), and
+    the plain BPE trainer over BERT-pre-tokenized words is deterministic. Each learnt piece ``p`` enters
+    the vocabulary twice, as a word start ``p`` and as a continuation ``##p``, so every word of the
+    corpus has a WordPiece segmentation.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    base = Tokenizer(models.BPE())
+    base.normalizer = normalizers.NFC()
+    base.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=(vocab_size + len(specials)) // 2, special_tokens=specials,
+                                  show_progress=False, limit_alphabet=200)
+    base.train_from_iterator(corpus, trainer)
+    pieces = [t for t, _ in sorted(base.get_vocab().items(), key=lambda kv: kv[1]) if t not in specials]
+    vocab = {t: i for i, t in enumerate([*specials, *pieces, *(f"##{p}" for p in pieces)])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=specials[3]))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return tok
 
 
 def _train_sentencepiece_style(corpus: list[str], vocab_size: int, specials: list[str]) -> Any:
