@@ -43,6 +43,7 @@ def test_two_cpu_processes_run_the_pipeline(tmp_path: Path, corpus_file: Path) -
            str(recipe), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("fused model:") == 1  # said by the main process only
     out = tmp_path / "out"
     assert store.stage_done(out / "extract/bytebpe") and store.stage_done(out / "combine")
     log = [json.loads(line) for line in (out / "train/train_log.jsonl").read_text().splitlines()]

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lmfuse.errors import InputError
+    from lmfuse.fuse.dist import process_state
     from lmfuse.fuse.pipeline import Run, save_resolved
     from lmfuse.fuse.recipe import load_recipe
 
@@ -46,11 +47,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give both --num-shards and --shard-index, or neither")
     pipeline = Run(recipe, progress=not args.quiet, num_shards=args.num_shards, shard_index=args.shard_index)
     if args.action == "run":
-        final = pipeline.run()
-        print(f"fused model: {final}")
-        return 0
-    save_resolved(recipe)
-    result = getattr(pipeline, args.action)()
-    if result is not None:
+        result = pipeline.run()
+    else:
+        save_resolved(recipe)
+        result = getattr(pipeline, args.action)()
+    if result is not None and process_state().is_main_process:  # under accelerate/torchrun: say it once
         print(f"fused model: {result}")
     return 0
