@@ -118,6 +118,15 @@ def test_merge_runs_of_different_systems(tmp_path: Path) -> None:
     assert both.settings["systems"] == ["fixed", "other"]
     m = both.tasks[0].metrics
     assert m["fixed"]["acc"] + m["other"]["acc"] == pytest.approx(1.0)
+    a.settings["command"], b.settings["command"] = "run a", "run b"
+    third_scorer = FixedScorer(set())
+    third_scorer.systems = lambda: ["third"]  # type: ignore[method-assign]
+    third_scorer.loglikelihood = lambda ctx, opts: {"third": [0.0] * len(opts)}  # type: ignore[method-assign]
+    third = evaluate(third_scorer, ["bigbench:parity"], limit=6, bigbench_root=root)
+    third.settings["command"] = "run c"
+    assert merge([merge([a, b]), third]).settings["merged_from"] == ["run a", "run b", "run c"]
+    with pytest.raises(ValueError, match=r"system\(s\) \['fixed'\] twice"):
+        merge([a, a])
     with pytest.raises(ValueError, match="differ in"):
         merge([a, evaluate(FixedScorer(set()), ["bigbench:parity"], limit=5, bigbench_root=root)])
 

@@ -96,11 +96,16 @@ def merge(parts: Sequence[Results]) -> Results:
         diff = [k for k in keys if other.settings[k] != first.settings[k]]
         if diff:
             raise ValueError(f"cannot merge results that differ in {diff}")
+    systems = [s for p in parts for s in p.settings["systems"]]
+    twice = sorted({s for s in systems if systems.count(s) > 1})
+    if twice:
+        raise ValueError(f"cannot merge: the parts hold system(s) {twice} twice")
     settings = dict(first.settings)
-    settings["systems"] = [s for p in parts for s in p.settings["systems"]]
+    settings["systems"] = systems
     settings["models"] = {k: v for p in parts for k, v in p.settings["models"].items()}
     settings["wall_seconds"] = round(sum(p.settings.get("wall_seconds", 0.0) for p in parts), 1)
-    settings["merged_from"] = [p.settings.get("command") for p in parts]
+    # A part that is itself a merge contributes the commands it was made from.
+    settings["merged_from"] = [c for p in parts for c in p.settings.get("merged_from") or [p.settings.get("command")]]
     tasks = []
     for task in first.tasks:
         found = [next((t for t in p.tasks if t.task == task.task), None) for p in parts]
