@@ -12,7 +12,8 @@ Stored per token j of a row (the member's own tokenization, no special tokens):
 
 Per row: ``key`` (row index in the corpus), ``hash`` (of the text), ``nll_sum`` (float32, total nats),
 ``n_bytes`` (UTF-8 bytes of the text). At k = 10 with a vocabulary below 65,535 a token costs
-2 + 4 + 20 + 20 + 2 = 48 bytes (the reference stores ~173).
+2 + 4 + 20 + 20 + 2 = 48 bytes; wider vocabularies store ids in 3 bytes (``fuse.store``), 3 + 4 + 30 +
+20 + 2 = 59 bytes (the reference stores ~173).
 
 **Contexts** (instruction data, ProFuser): with ``contexts``, row r is a response and the member reads
 ``[prefix] + encode(contexts[r]) + encode(rows[r])`` — its own rendered prompt, then the response,
