@@ -18,8 +18,6 @@ padding, e.g. Qwen2.5's 151,936 logits for 151,665 tokens) are unmapped on the s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from lmfuse import atomic
 from lmfuse.alignment.tokens import BYTE, NORMAL, SPECIAL, TokenTable, token_table
 from lmfuse.registry import Registry
 
@@ -340,16 +339,8 @@ def _load(path: Any, method: str, src_width: int, tgt_width: int) -> VocabMap | 
 
 
 def _save(path: Any, vmap: VocabMap) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, index=vmap.index, exact=vmap.exact, distance=vmap.distance)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic.replacing(path) as f:
+        np.savez(f, index=vmap.index, exact=vmap.exact, distance=vmap.distance)
 
 
 def build_vocab_map(src_tokenizer: Any, tgt_tokenizer: Any, method: str = "mined", src_width: int | None = None,

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lmfuse import atomic
 from lmfuse.errors import InputError
 from lmfuse.fuse import store
 from lmfuse.fuse.corpus import corpus_rows
@@ -77,7 +78,7 @@ def save_resolved(recipe: FuseRecipe) -> Path:
     recipe.out.mkdir(parents=True, exist_ok=True)
     path = recipe.out / "recipe.resolved.yaml"
     text = yaml.safe_dump({"lmfuse_version": ver, **to_dict(recipe)}, sort_keys=False)
-    store.atomic_write_bytes(path, text.encode())
+    atomic.write_text(path, text)
     return path
 
 

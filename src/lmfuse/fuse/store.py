@@ -17,21 +17,22 @@ k = 10 that is 3 + 30 bytes of ids per token instead of 4 + 40. Format-1 shards 
 metadata: every array in its in-memory dtype) still read unchanged; a shard from a newer format is a
 ``CorruptFileError`` that says so.
 
-Every write goes to ``<name>.<pid>.tmp`` first and is renamed into place, so a killed process never leaves
-a half-written shard under the final name; a shard that exists is complete.
+Every write goes through ``lmfuse.atomic`` (a uniquely named temporary file, renamed into place), so a killed
+process never leaves a half-written shard under the final name, and several processes may write the same
+manifest at once; a shard that exists is complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lmfuse import atomic
 from lmfuse.errors import CorruptFileError
 
 UINT16_NONE = np.iinfo(np.uint16).max
@@ -70,18 +71,8 @@ def text_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    # The temporary name is per process: several processes may write the same manifest at once.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
@@ -165,7 +156,7 @@ def write_shard(path: Path, shard: Shard) -> None:
 
     tensors, meta = encode_shard(shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic.write_bytes(path, save(tensors, metadata=meta))
 
 
 def read_shard(path: Path) -> Shard:
