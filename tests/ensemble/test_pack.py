@@ -14,6 +14,7 @@ from lmfuse.ensemble import Pack, WeightOptions, pack_scorer
 from lmfuse.ensemble.generate import allowed_ids
 from lmfuse.ensemble.runs import read_with_continuations
 from lmfuse.errors import InputError, NumericalError
+from lmfuse.eval.member_scorer import MemberScorer
 from lmfuse.models.member import Member
 
 PROMPTS = ["The quick brown fox", "def add(a, b):\n", "Numbers: 0 1 2 3 42"]
@@ -82,6 +83,17 @@ def test_scorer_systems_and_prefix_reuse_equals_recomputation(toy_members: dict[
         assert torch.allclose(a.rows, b.rows, atol=1e-4)
     texts = scorer.text_logprob(["The quick brown fox jumps over the lazy dog."])
     assert set(texts) == set(scorer.systems())
+
+
+def test_pack_member_columns_equal_each_member_scored_alone(toy_members: dict[str, Member]) -> None:
+    """A BIG-bench prompt ends in "A: ": the pack moves that space into the options, so each member's
+    column of a pack evaluation is what `MemberScorer` (joint tokenization) gives for the member alone."""
+    pack = Pack(list(toy_members.values()))
+    context, options = "Q: Is the sky blue?\nA: ", ["Yes", "No, it is green"]
+    fused = pack_scorer(pack, ["uniform"]).loglikelihood(context, options)
+    for member in pack.members:
+        alone = MemberScorer(member).loglikelihood(context, options)[member.name]
+        assert fused[member.name] == pytest.approx(alone, abs=1e-4), member.name
 
 
 def test_weights_report_explains_members_and_seed(toy_members: dict[str, Member]) -> None:

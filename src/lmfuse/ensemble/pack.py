@@ -373,6 +373,14 @@ class PackScorer:
         pack = self.pack
         if not continuations:
             return {name: [] for name in self.systems()}
+        # Context and continuations are tokenized apart (one boundary for every member), so whitespace
+        # ending the context ("A: ") moves to the continuations: read alone it would be a stray token no
+        # tokenizer produces before a word, and `MemberScorer` (one joint tokenization) scores it with the
+        # continuation too. The members' columns then agree with evaluating each member alone.
+        stripped = context.rstrip()
+        if stripped != context:
+            continuations = [context[len(stripped):] + c for c in continuations]
+            context = stripped
         reads = [read_with_continuations(m, context, continuations, self.reuse_prefix) for m in pack.members]
         result: dict[str, list[float]] = {
             m.name: [float(r.token_logprobs.sum()) for r in conts] for m, (_, conts) in zip(pack.members, reads,

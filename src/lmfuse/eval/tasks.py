@@ -61,10 +61,11 @@ BBH8 = (
 )
 
 # The development suite: BIG-bench MC tasks on which at least one default-pack member alone is
-# clearly above chance (its 95% Wilson interval excludes the chance level), from the runs in
-# docs/results/members/ (bbh8 at limit 100, a first sweep slice at limit 50; so far smollm2 only,
+# clearly above chance (its 95% Wilson interval excludes the chance level, by summed or by
+# byte-normalised log-prob), from the runs in docs/results/members/ (bbh8 and the sweep at limit 100,
 # see the README there). Fusion gains can only show where a member is above chance.
-DEV: tuple[str, ...] = ("date_understanding", "general_knowledge", "intent_recognition")
+DEV: tuple[str, ...] = ("date_understanding", "code_line_description", "riddle_sense", "general_knowledge",
+                        "intent_recognition")
 
 SUITES: dict[str, tuple[str, ...]] = {
     "bbh8": tuple(f"bigbench:{t}" for t in BBH8),
