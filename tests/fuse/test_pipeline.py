@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def test_one_step_changes_the_target_and_no_source(prepared, tmp_path: Path) -> 
         assert all(torch.equal(state[k], v) for k, v in prepared.source_state[name].items()), name
     assert trained.tokenizer.get_vocab() == target.tokenizer.get_vocab()
     assert trained.logits_width == target.logits_width
+
+
+def test_every_step_learns_warm_up_included(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """transformers' warm-up starts at lr 0: the first step must not be spent at that rate."""
+    cfg = replace(prepared.recipe.train, max_steps=3, warmup_ratio=0.5)  # 2 warm-up steps
+    train(prepared.members["bytebpe"], prepared.out / "combine", tmp_path / "t", cfg, progress=False)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "t/train_log.jsonl").read_text().splitlines()]
+    assert lrs[0] == pytest.approx(cfg.lr / 2) and lrs[1] == pytest.approx(cfg.lr)
+    assert 0 < lrs[2] < cfg.lr
 
 
 def test_train_resumes_after_a_crash_to_the_same_model(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

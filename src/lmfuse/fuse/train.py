@@ -178,7 +178,11 @@ def train(
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
     warmup = math.ceil(cfg.warmup_ratio * sched.total_steps)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, sched.total_steps)
+    # transformers' warm-up starts at lr 0, so the first optimizer step would learn nothing (a quarter of a
+    # 4-step run). Run its schedule one step ahead over total + 1 steps: step s gets factor (s + 1) / warmup
+    # while warming up, and the last step's cosine factor stays above 0.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, sched.total_steps + 1)
+    scheduler.step()
     model, optimizer = accelerator.prepare(model, optimizer)
     # Not prepared: accelerate's wrapper would step the schedule once per process.
     accelerator.register_for_checkpointing(scheduler)
@@ -231,10 +235,11 @@ def train(
         if len(modes) > 1:
             sums.update({f"w_{name}": w[m] for m, name in enumerate(modes)})
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        logs = {**sums, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+        logs = {**sums, "grad_norm": float(grad_norm), "lr": lr,
                 "tokens_per_s": n_tokens / max(time.perf_counter() - started, 1e-9)}
         done = step + 1
         bar.update(1)
