@@ -178,3 +178,25 @@ def test_half_written_results_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text('{"settings": {"limit": 5}, "tasks": [{"task": "bigb', encoding="utf-8")
     with pytest.raises(CorruptFileError, match="is not an lmfuse results file"):
         Results.load(path)
+
+
+def test_report_pairs_fused_systems_with_uniform_and_the_best_member(tmp_path: Path) -> None:
+    class Systems:
+        """A member and pack[uniform] with no preference, and pack[yes] preferring "Yes"."""
+
+        def systems(self) -> list[str]:
+            return ["member", "pack[uniform]", "pack[yes]"]
+
+        def loglikelihood(self, context: str, options: list[str]) -> dict[str, list[float]]:
+            yes = [0.0 if o.strip() == "Yes" else -5.0 for o in options]
+            return {"member": [-1.0] * len(options), "pack[uniform]": [-1.0] * len(options), "pack[yes]": yes}
+
+    results = evaluate(Systems(), ["bigbench:parity"], bigbench_root=bigbench_tree(tmp_path / "bb"))
+    (task,) = results.tasks
+    gain = task.metrics["pack[yes]"]["acc"] - task.metrics["pack[uniform]"]["acc"]
+    assert gain != 0
+    report = markdown(results)
+    assert "## Paired differences (pooled over tasks)" in report
+    row = next(line for line in report.splitlines() if line.startswith("| pack[yes] |"))
+    assert f"{gain:+.3f} [" in row.split("|")[3]
+    assert "best member (member)" in report

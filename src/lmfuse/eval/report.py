@@ -65,6 +65,7 @@ def markdown(results: Results) -> str:
                     cells.append(f"**{cell}**" if above else cell)
             lines.append(f"| {t.task} | {t.n} | {t.chance:.3f} | " + " | ".join(cells) + f" | {t.seconds:.0f} |")
         lines += ["", "Above chance (either scoring): " + _above_summary(mc, systems)]
+        lines += _paired_section(mc, systems)
     if text:
         lines += [
             "",
@@ -80,6 +81,52 @@ def markdown(results: Results) -> str:
             cells = [_interval(t.metrics[x], "bpb") for x in systems]
             lines.append(f"| {t.task} | {t.n} | {nbytes} | " + " | ".join(cells) + f" | {t.seconds:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _pooled(tasks: list[TaskResult], system: str, key: str) -> list[float]:
+    return [float(c) for t in tasks for c in t.per_example[system][key]]
+
+
+def _paired_section(mc: list[TaskResult], systems: list[str]) -> list[str]:
+    """Fused systems against uniform, top-1 and the best member, pooled over tasks, paired by example.
+
+    The paper's claim is a difference between systems scored on the same examples: a paired bootstrap
+    of the per-example difference is much tighter than comparing two independent intervals."""
+    from lmfuse.eval.metrics import paired_bootstrap_diff
+
+    fused = [x for x in systems if x.startswith("pack[")]
+    members = [x for x in systems if not x.startswith("pack[")]
+    if not fused or not members or any(not t.per_example for t in mc):
+        return []
+    lines = ["", "## Paired differences (pooled over tasks)", "",
+             "Mean per-example accuracy difference, row minus column, with a 95% paired bootstrap interval "
+             "(**bold**: excludes 0). *Best member* is the member with the highest pooled accuracy on these "
+             "same examples, chosen after the fact, which favours it."]
+    above = [t for t in mc if any(t.above_chance(m) for m in members)]
+    for label, tasks in (("all multiple-choice tasks", mc), ("tasks where a member alone is above chance", above)):
+        if not tasks:
+            continue
+        n = sum(len(t.per_example[members[0]]["correct"]) for t in tasks)
+        for key in ("correct", "correct_norm"):
+            best = max(members, key=lambda m: sum(_pooled(tasks, m, key)))
+            refs = [r for r in ("pack[uniform]", "pack[top1]") if r in systems] + [best]
+            names = [f"best member ({best})" if r == best else r for r in refs]
+            metric = "acc" if key == "correct" else "acc_norm"
+            lines += ["", f"**{metric}, {label}** ({len(tasks)} tasks, {n} examples)", "",
+                      "| system | pooled | " + " | ".join(f"Δ vs {x}" for x in names) + " |",
+                      "|---|---:|" + "---:|" * len(refs)]
+            for x in fused:
+                mine = _pooled(tasks, x, key)
+                cells = []
+                for r in refs:
+                    if r == x:
+                        cells.append("")
+                        continue
+                    mean, lo, hi = paired_bootstrap_diff(mine, _pooled(tasks, r, key))
+                    cell = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                    cells.append(f"**{cell}**" if lo > 0 or hi < 0 else cell)
+                lines.append(f"| {x} | {sum(mine) / len(mine):.3f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _above_summary(tasks: list[TaskResult], systems: list[str]) -> str:
