@@ -89,11 +89,12 @@ def test_pack_member_columns_equal_each_member_scored_alone(toy_members: dict[st
     """A BIG-bench prompt ends in "A: ": the pack moves that space into the options, so each member's
     column of a pack evaluation is what `MemberScorer` (joint tokenization) gives for the member alone."""
     pack = Pack(list(toy_members.values()))
-    context, options = "Q: Is the sky blue?\nA: ", ["Yes", "No, it is green"]
-    fused = pack_scorer(pack, ["uniform"]).loglikelihood(context, options)
-    for member in pack.members:
-        alone = MemberScorer(member).loglikelihood(context, options)[member.name]
-        assert fused[member.name] == pytest.approx(alone, abs=1e-4), member.name
+    for context in ("Q: Is the sky blue?\nA: ", "Q: Is the sky blue?\nAnswer:\n"):
+        options = ["Yes", "No, it is green"]
+        fused = pack_scorer(pack, ["uniform"]).loglikelihood(context, options)
+        for member in pack.members:
+            alone = MemberScorer(member).loglikelihood(context, options)[member.name]
+            assert fused[member.name] == pytest.approx(alone, abs=1e-4), (member.name, context)
 
 
 def test_weights_report_explains_members_and_seed(toy_members: dict[str, Member]) -> None:

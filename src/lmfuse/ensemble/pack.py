@@ -31,6 +31,7 @@ from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
 from lmfuse.ensemble.support import Preimages, restricted_problem
 from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights
 from lmfuse.errors import InputError
+from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
 from lmfuse.models.member import Member
 
 NLL_NORMS = ("token", "byte")
@@ -373,11 +374,12 @@ class PackScorer:
         pack = self.pack
         if not continuations:
             return {name: [] for name in self.systems()}
-        # Context and continuations are tokenized apart (one boundary for every member), so whitespace
-        # ending the context ("A: ") moves to the continuations: read alone it would be a stray token no
-        # tokenizer produces before a word, and `MemberScorer` (one joint tokenization) scores it with the
-        # continuation too. The members' columns then agree with evaluating each member alone.
-        stripped = context.rstrip()
+        # Context and continuations are tokenized apart (one boundary for every member), so spaces ending
+        # the context ("A: ") move to the continuations: read alone they would be a stray token that no
+        # tokenizer produces before a word. A final newline stays: tokenizers end a line there (Qwen's
+        # ":\n" is one token). `MemberScorer` draws the same line, so the members' columns agree with
+        # evaluating each member alone.
+        stripped = context.rstrip(HORIZONTAL_SPACE)
         if stripped != context:
             continuations = [context[len(stripped):] + c for c in continuations]
             context = stripped

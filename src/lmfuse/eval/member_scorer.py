@@ -1,10 +1,10 @@
 """`MemberScorer`: the `Scorer` protocol for one member alone.
 
 **Tokenization boundary.** ``context + continuation`` is tokenized *together*, as the model would
-read the whole text, and split where the context's text ends, not counting whitespace that ends it
-(``"A: "``): the continuation's tokens are those that end after that offset. A token straddling the
-boundary (BPE's ``" Yes"`` after ``"A:"``, Qwen's ``":\n"`` before an option, or any other merge across
-it) counts as continuation, so the scored tokens always cover the whole
+read the whole text, and split where the context's text ends, not counting spaces that end it
+(``"A: "``; a final newline stays in the context): the continuation's tokens are those that end after
+that offset. A token straddling the boundary (BPE's ``" Yes"`` after ``"A:"``, or any other merge
+across it) counts as continuation, so the scored tokens always cover the whole
 continuation and the model never sees a tokenization it would not produce for the full text.
 Scoring ``context`` and ``continuation`` separately would instead split words that the tokenizer
 joins.
@@ -27,6 +27,9 @@ import torch
 
 from lmfuse.errors import InputError
 from lmfuse.models.member import Member, check_finite
+
+HORIZONTAL_SPACE = " \t"
+"""Characters that move from the end of a context to its continuations (not newlines: see the module doc)."""
 
 
 class MemberScorer:
@@ -64,10 +67,10 @@ class MemberScorer:
         if not continuation:
             raise InputError(f"empty continuation after context {context[-40:]!r}")
         enc = self.member.encode(context + continuation)
-        # Whitespace ending the context ("A: ") belongs to the continuation, as in `PackScorer`, so each
-        # member alone and that member's column in a pack evaluation score the same tokens: a space that
-        # a tokenizer reads as a token of its own (Qwen's, before a digit) is scored with the option.
-        boundary = len(context.rstrip())
+        # Spaces ending the context ("A: ") belong to the continuation, as in `PackScorer`, so each member
+        # alone and that member's column in a pack evaluation score the same tokens: a space that a
+        # tokenizer reads as a token of its own (Qwen's, before a digit) is scored with the option.
+        boundary = len(context.rstrip(HORIZONTAL_SPACE))
         first = next((j for j, (_, end) in enumerate(enc.offsets) if end > boundary), None)
         if first is None:
             raise InputError(
