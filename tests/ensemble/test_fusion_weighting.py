@@ -117,3 +117,38 @@ def test_objective_abstaining_members_are_renormalised_away() -> None:
     q = WeightProblem(nll=p.nll, log_probs=p.log_probs, targets=p.targets, present=present)
     # member 1 never present: any weights give member 0's NLL
     assert abs(float(q.objective(torch.tensor([0.2, 0.8]))) - float(p.objective(torch.tensor([1.0, 0.0])))) < 1e-6
+
+
+@pytest.mark.parametrize("fusion", ["product", "mixture"])
+def test_joint_eg_stays_finite_with_minus_inf_and_abstaining_members(fusion: str) -> None:
+    """A member absent at some positions and giving -inf to some tokens, once to the target: the
+    gradient's 0 * -inf and inf - inf terms must not turn the weights into NaN (they did on
+    intent_recognition with the real pack)."""
+    p = problem(k=3, t=8, seed=3, fusion=fusion)
+    lp = p.log_probs.clone()
+    wrong = (p.targets + 1) % lp.shape[-1]
+    lp[1, torch.arange(8), wrong] = -math.inf
+    lp[1, 5, p.targets[5]] = -math.inf  # and to the token that follows, once: an infinite loss there
+    lp[2, :4] = -math.inf  # read from a row that does not apply; masked out by `present`
+    present = torch.ones(3, 8, dtype=torch.bool)
+    present[2, :4] = False
+    q = WeightProblem(nll=p.nll, log_probs=lp, targets=p.targets, present=present, fusion=fusion)
+    weights = fit_weights("joint-eg", q)
+    assert torch.isfinite(weights).all() and abs(float(weights.sum()) - 1) < 1e-5
+    assert float(q.objective(weights)) <= float(q.objective(fit_weights("packllm-opt", q))) + 1e-6
+
+
+def test_joint_eg_falls_back_to_its_best_finite_iterate_when_the_gradient_is_nan() -> None:
+    class NaNGradient(WeightProblem):
+        def objective(self, weights: torch.Tensor) -> torch.Tensor:
+            if not bool(torch.isfinite(weights).all()):
+                # The real objective's equal-weight fallback scores NaN weights, and may score them well.
+                return torch.tensor(-1.0)
+            # Finite value, NaN gradient (the untaken branch's 0 * nan), as -inf log-probs can produce.
+            nan_grad = torch.where(weights > 2, weights * math.nan, torch.zeros_like(weights)).sum()
+            return super().objective(weights) + nan_grad
+
+    p = problem(k=3, t=8, seed=5)
+    q = NaNGradient(nll=p.nll, log_probs=p.log_probs, targets=p.targets)
+    weights = fit_weights("joint-eg", q)
+    assert torch.equal(weights, fit_weights("packllm-opt", q))

@@ -37,8 +37,9 @@ def _expand(weights: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
 def product(log_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``log_softmax(sum_k w_k log p_k)`` over the last axis (PackLLM, arXiv 2404.11531)."""
     w = _expand(weights, log_probs)
-    # where(w > 0) drops zero-weight members before multiplying: 0 * -inf would be NaN.
-    terms = torch.where(w > 0, w * log_probs, torch.zeros((), dtype=log_probs.dtype))
+    # Zero-weight members are dropped before multiplying: 0 * -inf would be NaN, in the value and (were
+    # the product formed first) in the gradient with respect to the weights.
+    terms = w * torch.where(w > 0, log_probs, torch.zeros((), dtype=log_probs.dtype))
     return torch.log_softmax(terms.sum(0), dim=-1)
 
 

@@ -147,11 +147,17 @@ def joint_eg(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
         (grad,) = torch.autograd.grad(loss, wv)
         if float(loss.detach()) < best_loss:
             best_loss, best = float(loss.detach()), w.clone()
+        # -inf log-probs make 0 * -inf and inf - inf terms in the gradient. A NaN step would leave the
+        # simplex (and the objective's equal-weight fallback would still score it), so stop at the best
+        # iterate so far: never worse than packllm-opt, as promised.
+        if not bool(torch.isfinite(grad).all()):
+            break
         step = w * torch.exp(-lr * grad.double().clamp(-20, 20))
         w = step / step.sum()
-    with torch.no_grad():
-        if float(problem.objective(w.float())) < best_loss:
-            best = w
+    else:
+        with torch.no_grad():
+            if float(problem.objective(w.float())) < best_loss:
+                best = w
     return best.float()
 
 
