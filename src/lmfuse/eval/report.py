@@ -103,9 +103,10 @@ def _paired_section(mc: list[TaskResult], systems: list[str]) -> list[str]:
              "(**bold**: excludes 0). *Best member* is the member with the highest pooled accuracy on these "
              "same examples, chosen after the fact, which favours it."]
     above = [t for t in mc if any(t.above_chance(m) for m in members)]
-    for label, tasks in (("all multiple-choice tasks", mc), ("tasks where a member alone is above chance", above)):
-        if not tasks:
-            continue
+    groups = [("all multiple-choice tasks", mc)]
+    if above and len(above) < len(mc):
+        groups.append(("tasks where a member alone is above chance", above))
+    for label, tasks in groups:
         n = sum(len(t.per_example[members[0]]["correct"]) for t in tasks)
         for key in ("correct", "correct_norm"):
             best = max(members, key=lambda m: sum(_pooled(tasks, m, key)))
