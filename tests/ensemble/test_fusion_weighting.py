@@ -9,7 +9,7 @@ import torch
 
 from lmfuse.ensemble.fusion import FUSIONS, fill_holes, mixture, product
 from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights
-from lmfuse.errors import InputError
+from lmfuse.errors import InputError, NumericalError
 from lmfuse.registry import UnknownNameError
 
 
@@ -117,6 +117,12 @@ def test_objective_abstaining_members_are_renormalised_away() -> None:
     q = WeightProblem(nll=p.nll, log_probs=p.log_probs, targets=p.targets, present=present)
     # member 1 never present: any weights give member 0's NLL
     assert abs(float(q.objective(torch.tensor([0.2, 0.8]))) - float(p.objective(torch.tensor([1.0, 0.0])))) < 1e-6
+
+
+def test_objective_rejects_non_finite_weights_instead_of_scoring_the_fallback() -> None:
+    p = problem(k=3, t=4, seed=3)
+    with pytest.raises(NumericalError, match="not finite"):
+        p.objective(torch.tensor([float("nan"), 0.5, 0.5]))
 
 
 @pytest.mark.parametrize("fusion", ["product", "mixture"])

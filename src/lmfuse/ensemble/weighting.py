@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmfuse.ensemble.fusion import FUSIONS
-from lmfuse.errors import InputError
+from lmfuse.errors import InputError, NumericalError
 from lmfuse.registry import Registry
 
 
@@ -55,6 +55,9 @@ class WeightProblem:
         """Mean fused NLL of the prompt's seed tokens for ``weights [K]`` (differentiable)."""
         if self.log_probs is None or self.targets is None:
             raise InputError("this weighting needs per-position log-probs (the fused-NLL objective); none given")
+        if not bool(torch.isfinite(weights).all()):
+            # NaN weights would fail `total > 0` below and be scored as the equal-weight fallback.
+            raise NumericalError(f"fused-NLL objective: weights {weights.tolist()} are not finite")
         present = self.present if self.present is not None else torch.ones(self.log_probs.shape[:2], dtype=torch.bool)
         w = weights[:, None] * present  # [K, T]
         total = w.sum(0, keepdim=True)
