@@ -143,10 +143,12 @@ class Aligner:
         if not self.identity:
             from lmfuse.alignment import build_vocab_map, token_table
 
-            self.vmap = build_vocab_map(src_tok, tgt_tok, method=vocab, src_width=src_width,
+            # One table per tokenizer (reading a 262k vocabulary takes seconds), shared by the map and the rows.
+            src_table, tgt_table = token_table(src_tok), token_table(tgt_tok)
+            self.vmap = build_vocab_map(src_table, tgt_table, method=vocab, src_width=src_width,
                                         tgt_width=tgt_width)
-            self._src_text = token_table(src_tok).text
-            self._tgt_text = token_table(tgt_tok).text
+            self._src_text = src_table.text
+            self._tgt_text = tgt_table.text
 
     def groups(self, src_ids: np.ndarray, src_offsets: np.ndarray, tgt_ids: np.ndarray,
                tgt_offsets: np.ndarray) -> Groups:
