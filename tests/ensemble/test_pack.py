@@ -15,6 +15,9 @@ from lmfuse.ensemble.generate import allowed_ids
 from lmfuse.ensemble.runs import read_with_continuations
 from lmfuse.errors import InputError, NumericalError
 from lmfuse.eval.member_scorer import MemberScorer
+from lmfuse.eval.report import markdown
+from lmfuse.eval.runner import Results, evaluate
+from lmfuse.eval.tasks import MCExample, MCTask, TextTask
 from lmfuse.models.member import Member
 
 PROMPTS = ["The quick brown fox", "def add(a, b):\n", "Numbers: 0 1 2 3 42"]
@@ -106,6 +109,35 @@ def test_weights_report_explains_members_and_seed(toy_members: dict[str, Member]
     assert "nats/byte" in text and "<- seed" in text and all(n in text for n in pack.names)
     forced = Pack(list(toy_members.values()), seed_member="toy-wordpiece").weights("To be, or not")
     assert forced.seed == "toy-wordpiece"
+
+
+def test_evaluation_records_each_strategys_member_weights_per_example(
+        toy_members: dict[str, Member], tmp_path: Any) -> None:
+    """The weights an evaluation records are the ones `pack.weights` explains for the same prompt, per
+    example and strategy, on the simplex, kept in results.json and summarised in the report."""
+    queries = ["Q: Is the sky blue?\nA:", "Q: Is grass red?\nA:", "Q: Do fish swim?\nA:"]
+    mc = MCTask("inline", "test", [MCExample(q, (" Yes", " No"), (0,)) for q in queries])
+    text = TextTask("text", "test", ["The quick brown fox jumps.", "def add(a, b):\n    return a + b\n"])
+    pack = Pack(list(toy_members.values()), weighting="packllm-opt")
+    results = evaluate(pack_scorer(pack, ["uniform", "packllm-opt"]), [mc, text])
+    for task in results.tasks:
+        for member in pack.names:
+            assert task.weights(member) == {}
+        assert all(w == pytest.approx([1 / 3] * task.n) for w in task.weights("pack[uniform]").values())
+        opt = task.weights("pack[packllm-opt]")
+        assert list(opt) == pack.names and all(len(w) == task.n for w in opt.values())
+        for i in range(task.n):
+            row = [opt[m][i] for m in pack.names]
+            assert sum(row) == pytest.approx(1, abs=1e-5) and min(row) >= 0
+    mc_opt = results.tasks[0].weights("pack[packllm-opt]")
+    for i, query in enumerate(queries):
+        assert [mc_opt[m][i] for m in pack.names] == pytest.approx(pack.weights(query).weights, abs=1e-6)
+    path = tmp_path / "results.json"
+    results.save(path)
+    assert Results.load(path).tasks[1].weights("pack[packllm-opt]") == results.tasks[1].weights("pack[packllm-opt]")
+    report = markdown(results)
+    assert "## Member weights" in report and f"{' / '.join(pack.names)}" in report
+    assert "| inline | 0.33 / 0.33 / 0.33 |" in report
 
 
 def test_sampling_is_reproducible_and_stop_strings_cut(toy_members: dict[str, Member]) -> None:

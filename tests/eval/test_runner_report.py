@@ -103,6 +103,7 @@ def test_report_files_on_toy_members(tmp_path: Path, toy_members: dict[str, Memb
     assert again.tasks[1].metrics == results.tasks[1].metrics
     md = markdown(results)
     assert "| bigbench:custom | 2 | 0.333 |" in md and "Bits per UTF-8 byte" in md
+    assert "## Member weights" not in md  # members alone weigh nothing
     for system in scorer.systems():
         assert f"{system} acc_norm" in md
 

@@ -342,6 +342,7 @@ class PackScorer:
     weightings: list[str]
     reuse_prefix: bool = True  # False re-reads the context for every option (the benchmark's baseline)
     window: int | None = None  # rolling-window tokens for whole texts (default: each member's context)
+    _last: dict[str, dict[str, float]] = field(default_factory=dict, init=False, repr=False)  # last_weights
 
     def __post_init__(self) -> None:
         for w in self.weightings:
@@ -368,7 +369,16 @@ class PackScorer:
             if name in ("packllm-opt", "joint-eg") and problem is None and len(self.pack.members) > 1:
                 problem = self.pack.problem(a)
             out[f"pack[{name}]"] = self.pack.fit(a, name, problem)[0]
-        return out
+        return self._remember(out)
+
+    def _remember(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._last = {system: dict(zip(self.pack.names, (float(x) for x in w), strict=True))
+                      for system, w in weights.items()}
+        return weights
+
+    def last_weights(self) -> dict[str, dict[str, float]]:
+        """Each strategy's member weights in the last call (`lmfuse.eval.scorer.ExplainsWeights`)."""
+        return dict(self._last)
 
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         pack = self.pack
@@ -393,7 +403,8 @@ class PackScorer:
         else:  # no context to weigh members on: the first member is the seed, weights as the strategy says
             seed = 0 if pack.seed_member is None else pack.names.index(pack.seed_member)
             base = Analysis(context, [], torch.zeros(len(pack.members)), seed, torch.zeros(0), [], 0.0)
-            weights = {f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0] for n in self.weightings}
+            weights = self._remember({f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0]
+                                      for n in self.weightings})
         for name in weights:
             result[name] = []
         for j, cont in enumerate(continuations):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lmfuse.eval.scorer import Scorer
+from lmfuse.eval.scorer import ExplainsWeights, Scorer
 
 
 class CombinedScorer:
@@ -33,3 +33,7 @@ class CombinedScorer:
 
     def text_logprob(self, texts: Sequence[str]) -> dict[str, list[float]]:
         return {k: v for scorer in self.scorers for k, v in scorer.text_logprob(texts).items()}
+
+    def last_weights(self) -> dict[str, dict[str, float]]:
+        return {k: v for scorer in self.scorers if isinstance(scorer, ExplainsWeights)
+                for k, v in scorer.last_weights().items()}

@@ -80,6 +80,7 @@ def markdown(results: Results) -> str:
             nbytes = int(next(iter(t.metrics.values()))["bytes"])
             cells = [_interval(t.metrics[x], "bpb") for x in systems]
             lines.append(f"| {t.task} | {t.n} | {nbytes} | " + " | ".join(cells) + f" | {t.seconds:.0f} |")
+    lines += _weights_section(results.tasks, systems)
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +128,26 @@ def _paired_section(mc: list[TaskResult], systems: list[str]) -> list[str]:
                     cell = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                     cells.append(f"**{cell}**" if lo > 0 or hi < 0 else cell)
                 lines.append(f"| {x} | {sum(mine) / len(mine):.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _weights_section(tasks: list[TaskResult], systems: list[str]) -> list[str]:
+    """Mean member weights per task for each system that weighs members: which member each strategy
+    trusted, where the accuracy tables only say how well it did."""
+    weighted = [x for x in systems if any(t.weights(x) for t in tasks)]
+    if not weighted:
+        return []
+    members = list(next(t.weights(x) for x in weighted for t in tasks if t.weights(x)))
+    lines = ["", "## Member weights", "",
+             f"Mean weight per example of {' / '.join(members)}, fitted on each example's prompt (MC) or "
+             "chunk (text); 1 / 0 / 0 is the first member alone.", "",
+             "| task | " + " | ".join(weighted) + " |", "|---|" + "---|" * len(weighted)]
+    for t in tasks:
+        cells = []
+        for x in weighted:
+            w = t.weights(x)
+            cells.append(" / ".join(f"{sum(w[m]) / len(w[m]):.2f}" if w.get(m) else "–" for m in members))
+        lines.append(f"| {t.task} | " + " | ".join(cells) + " |")
     return lines
 
 

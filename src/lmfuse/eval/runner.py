@@ -21,15 +21,19 @@ from tqdm.auto import tqdm
 from lmfuse import atomic
 from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.eval import metrics
-from lmfuse.eval.scorer import Scorer
+from lmfuse.eval.scorer import ExplainsWeights, Scorer
 from lmfuse.eval.tasks import MCTask, Task, TextTask, describe_examples, load_task
+
+WEIGHT_KEY = "weight:"
 
 
 @dataclass
 class TaskResult:
     """One task's outcome. ``metrics[system]`` holds ``acc``/``acc_norm`` (with ``_lo``/``_hi``,
     95% Wilson) for MC tasks, or ``bpb`` (with a 95% bootstrap interval over chunks) for text.
-    ``per_example[system]`` keeps the raw per-item values, enough for paired comparisons."""
+    ``per_example[system]`` keeps the raw per-item values, enough for paired comparisons; a system
+    that weighs members (a pack's strategy) also keeps each member's weight per item under
+    ``weight:<member>`` (`weights`)."""
 
     task: str
     kind: str
@@ -48,6 +52,11 @@ class TaskResult:
             return False
         m = self.metrics[system]
         return max(m["acc_lo"], m["acc_norm_lo"]) > self.chance
+
+    def weights(self, system: str) -> dict[str, list[float]]:
+        """``{member: [weight per item]}`` for a system that weighs members; empty for one that does not
+        (a member alone, or results from before weights were recorded)."""
+        return {k.removeprefix(WEIGHT_KEY): v for k, v in self.per_example[system].items() if k.startswith(WEIGHT_KEY)}
 
 
 @dataclass
@@ -200,6 +209,7 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
         demos = [examples[j].demo() for j in metrics.shot_indices(groups[ex.group], i, shots, seed)]
         context = metrics.kshot_context(ex.task_prefix, demos, ex.query, ex.separator).lstrip()
         scores = scorer.loglikelihood(context, ex.options)
+        _record_weights(scorer, per)
         for system in systems:
             per[system]["correct"].append(float(metrics.is_correct(scores[system], ex.correct)))
             normed = metrics.byte_normalised(scores[system], ex.options)
@@ -225,22 +235,31 @@ def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int) -> T
     chunks = [task.chunks[i] for i in indices]
     n_bytes = [float(metrics.utf8_len(c)) for c in chunks]
     systems = scorer.systems()
-    logprobs: dict[str, list[float]] = {s: [] for s in systems}
+    per: dict[str, dict[str, list[float]]] = {s: {"logprob": [], "bytes": n_bytes} for s in systems}
     for chunk in tqdm(chunks, desc=task.name, unit="chunk", leave=False):
         scores = scorer.text_logprob([chunk])
+        _record_weights(scorer, per)
         for system in systems:
-            logprobs[system].append(scores[system][0])
+            per[system]["logprob"].append(scores[system][0])
     summary = {}
     for system in systems:
-        bits = [-lp / metrics.LN2 for lp in logprobs[system]]
+        logprobs = per[system]["logprob"]
+        bits = [-lp / metrics.LN2 for lp in logprobs]
         lo, hi = metrics.bootstrap_ratio_interval(bits, n_bytes, seed=seed)
-        summary[system] = {"bpb": metrics.bits_per_byte(sum(logprobs[system]), int(sum(n_bytes))),
+        summary[system] = {"bpb": metrics.bits_per_byte(sum(logprobs), int(sum(n_bytes))),
                            "bpb_lo": lo, "bpb_hi": hi, "bytes": sum(n_bytes)}
     return TaskResult(
         task=task.name, kind="text", source=task.source, n=len(indices), n_available=len(task.chunks),
-        indices=indices, chance=None, metrics=summary,
-        per_example={s: {"logprob": logprobs[s], "bytes": n_bytes} for s in systems}, seconds=0.0,
+        indices=indices, chance=None, metrics=summary, per_example=per, seconds=0.0,
     )
+
+
+def _record_weights(scorer: Scorer, per: dict[str, dict[str, list[float]]]) -> None:
+    """Append the member weights of the item just scored, for each system that weighs members."""
+    if isinstance(scorer, ExplainsWeights):
+        for system, weights in scorer.last_weights().items():
+            for member, w in weights.items():
+                per[system].setdefault(WEIGHT_KEY + member, []).append(w)
 
 
 def _version(package: str) -> str:

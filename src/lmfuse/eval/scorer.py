@@ -11,7 +11,7 @@ normalises by UTF-8 bytes, which is comparable across tokenizers (per-token NLL 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Scorer(Protocol):
@@ -29,4 +29,15 @@ class Scorer(Protocol):
 
     def text_logprob(self, texts: Sequence[str]) -> dict[str, list[float]]:
         """Total ``log p(text)`` of each whole text (long texts in rolling windows), per system."""
+        ...
+
+
+@runtime_checkable
+class ExplainsWeights(Protocol):
+    """A scorer whose systems weigh members (a pack) says, after each call, how it weighed them: the
+    runner records the weights per example, and the report shows them per task."""
+
+    def last_weights(self) -> dict[str, dict[str, float]]:
+        """``{system: {member: weight}}`` for each weighted system, as fitted in the last call
+        (``loglikelihood``, or the last text of ``text_logprob``); empty when nothing is weighted."""
         ...
