@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lmfuse.ensemble.pack import DEFAULT_NLL_NORM, NLL_NORMS
+
     what = parser.add_argument_group("models")
     what.add_argument("--model", action="append", default=[], metavar="SPEC",
                       help="a member: zoo name (smollm2, gemma3, qwen-coder), HF dir, .gguf file or hub id; repeatable")
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
                             "alone, e.g. packllm-opt,packllm-sim,uniform,top1,joint-eg (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
-    fused.add_argument("--nll-norm", default="token", choices=("token", "byte"),
+    fused.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                        help="NLL normalisation for weights and the seed member (default: %(default)s)")
     parser.add_argument("--window", type=int, default=2048, help="rolling-window tokens for bits per byte")
     parser.add_argument("--out", type=Path, help="directory for results.json, report.md and plot.png")

@@ -12,6 +12,7 @@ from lmfuse.errors import InputError
 
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     from lmfuse.ensemble import FUSIONS, WEIGHTINGS
+    from lmfuse.ensemble.pack import DEFAULT_NLL_NORM, NLL_NORMS
 
     g = parser.add_argument_group("pack")
     g.add_argument("--pack", choices=("default",), help="the default pack (used when no --model is given)")
@@ -23,7 +24,7 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tau", type=float, default=1.0, help="temperature of packllm-sim (default: 1)")
     g.add_argument("--fusion", default="product", help=f"fusion rule: {', '.join(FUSIONS.names())}")
     g.add_argument("--seed-member", help="fix the seed (vocabulary) member instead of the lowest-NLL one")
-    g.add_argument("--nll-norm", default="token", choices=("token", "byte"),
+    g.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                    help="NLL normalisation for the seed and NLL-based weights (default: %(default)s)")
     g.add_argument("--dtype", default="float32", help="weights dtype (float32, bfloat16, float16)")
 
