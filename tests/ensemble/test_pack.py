@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -112,7 +113,7 @@ def test_weights_report_explains_members_and_seed(toy_members: dict[str, Member]
 
 
 def test_evaluation_records_each_strategys_member_weights_per_example(
-        toy_members: dict[str, Member], tmp_path: Any) -> None:
+        toy_members: dict[str, Member], tmp_path: Path) -> None:
     """The weights an evaluation records are the ones `pack.weights` explains for the same prompt, per
     example and strategy, on the simplex, kept in results.json and summarised in the report."""
     queries = ["Q: Is the sky blue?\nA:", "Q: Is grass red?\nA:", "Q: Do fish swim?\nA:"]

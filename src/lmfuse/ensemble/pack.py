@@ -36,9 +36,9 @@ from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
 from lmfuse.models.member import Member
 
 NLL_NORMS = ("token", "byte")
-# Per byte, not the paper's per token: on the default pack it was better for packllm-opt on every text
-# chunk and on the 8-task development suite (acc_norm +0.015 [+0.006, +0.025], paired over 679
-# examples); docs/results/pack/README.md, "NLL per token or per byte".
+# Per byte, not the paper's per token: on the default pack packllm-opt was better with it on 4 of 6 text
+# chunks (equal on 2) and on the 8-task development suite (acc_norm +0.015 [+0.006, +0.025], paired over
+# 679 examples); docs/results/pack/README.md, "NLL per token or per byte".
 DEFAULT_NLL_NORM = "byte"
 DEFAULT_WEIGHTING = "packllm-opt"
 SUPPORT_POOL = 4  # a member's support_k seed tokens are picked among the images of its 4*support_k best ids
