@@ -144,3 +144,33 @@ def test_fidelity_path_oracle_member_reads_its_own_pieces(
     gen = fused.generate([PROMPT], max_new_tokens=120)[0]
     assert gen.text == own.text, (own.text, gen.text)
     assert gen.finish_reason == "stop"
+
+
+
+def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
+        toy_members: dict[str, Member]) -> None:
+    """Regression (gemma3 seed: `lmfuse generate "def quicksort(xs):"` looped on blank lines). A seed may
+    write indentation as one token (``"    "``, then ``"return"``); byte-level BPE reads a text ending in
+    ``"\n    "`` as one whitespace token, which in its own path (``ĠĠĠ Ġre``) never comes before a word,
+    so a model votes for an end there. The member reads up to its own boundary instead and heals: its
+    vote is for the word (the seed's ``"re"``), and its ids and text stay in step for the next token."""
+    from lmfuse.ensemble.generate import Stream
+
+    prompt, target = "def add(a, b):", "\n    return a + b\n"
+    seed = oracle_member(toy_members["sentencepiece"], prompt + target)
+    like = toy_members["bytebpe"]
+    member = Member(name="path-oracle-bytebpe", tokenizer=like.tokenizer,
+                    model=PathOracle(like.tokenizer, prompt + target, like.logits_width), source="test")
+    fused = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.5, 0.5]))
+    reader = Stream(fused, prompt, max_new_tokens=8).readers[1]
+    assert reader.mode == "text" and reader.healer is not None
+    reader.sync("\n    ")
+    assert reader.ids == reader.head + like.encode("\n   ").ids and reader.text == "\n   "
+    assert reader.healed is not None
+    seed_tok = seed.tokenizer
+    assert seed_tok.decode([int(reader.healed.argmax())]) == seed_tok.decode(seed.encode("re").ids[:1])
+    reader.sync("\n    re")  # the next token: read as its own path, no stale state from the heal
+    assert reader.ids == reader.head + like.encode("\n    re").ids and reader.healed is None
+    assert int(reader.row.argmax()) == member.model.path[len(reader.ids)]
+    # Tokenizers that do not join a space to the next word are read as before.
+    assert reader._word_split("\n") is None

@@ -42,3 +42,15 @@ def test_cross_tokenizer_fidelity_on_real_pair(seed: str, b: str, prompt: str) -
     fused = Pack([a, bm], weighting="fixed", seed_member=a.name,
                  options=WeightOptions(fixed=[0.0, 1.0])).generate([prompt], max_new_tokens=24)[0].text
     assert char_agreement(own, fused[: len(own)]) >= 0.95, (own, fused)
+
+
+@pytest.mark.parametrize("weighting", ["packllm-opt", "uniform"])
+def test_fused_code_does_not_loop_on_blank_indented_lines(weighting: str) -> None:
+    """Regression: with gemma3 as the seed (it writes indentation as its own token), smollm2 and qwen-coder
+    read a text ending in indentation as one whitespace token and voted for a newline, and the pack wrote
+    ``"\\n    "`` over and over (uniform from the first line; packllm-opt after two)."""
+    pack = Pack([load(n) for n in ("smollm2", "gemma3", "qwen-coder")], weighting=weighting)
+    gen = pack.generate(["def quicksort(xs):"], max_new_tokens=40)[0]
+    assert gen.weights.seed == "gemma3"
+    assert "\n    \n    \n" not in gen.text, gen.text
+    assert gen.text.count("return") >= 1, gen.text

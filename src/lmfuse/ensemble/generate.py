@@ -156,19 +156,34 @@ class _Reader:
         row *before* ``t_1`` is consulted too. If its most likely extension beats ``t_1``, the member's next
         text is the rest of those extensions (mapped to the seed's longest-prefix tokens), not a guess
         from the middle of a token; otherwise the split is kept and the row after ``t_j`` is used.
+        Whitespace the member would join to the next word is healed the same way (`_word_split`).
         """
         want = self.reading(generated)
-        common = common_prefix(self.ids, want)
         self.healed = None
         self.text = generated
-        if common == len(want) == len(self.ids) and self.row is not None:
+        split = self._word_split(generated)
+        if split is not None:
+            before, tail, alone, ext = split
+            self.healed = self._heal(self._feed(before), alone, tail, ext)
+            if self.healed is not None:
+                self.text = generated[: len(generated) - len(tail.decode("utf-8"))]  # what ``ids`` spell
+                return
+        if common_prefix(self.ids, want) == len(want) == len(self.ids) and self.row is not None:
             return
+        j, tail, ext = self._tail(want)
+        self._feed(want, back=j)
+        if j:
+            self.healed = self._heal(self.rows_at[len(want) - j], want[-j], tail, ext)
+
+    def _feed(self, want: list[int], back: int = 0) -> torch.Tensor:
+        """Bring the cache to ``want`` and return its next-token row, feeding only what differs from
+        ``ids``; with ``back`` > 0 the row predicting ``want[-back]`` is kept too (the heal reads it)."""
+        common = common_prefix(self.ids, want)
         # Rows of positions <= common stay valid (they depend on ids[:p] only); the rest are recomputed.
         self.rows_at = {p: r for p, r in self.rows_at.items() if p <= common and p > len(want) - self.history}
-        j, tail, ext = self._tail(want)
         common = min(common, len(want) - 1)  # always feed at least the last token (it gives the next row)
-        if j and len(want) - j not in self.rows_at:
-            common = min(common, len(want) - 1 - j)  # feed one token before the tail too: its row heals
+        if back and len(want) - back not in self.rows_at:
+            common = min(common, len(want) - 1 - back)  # feed one token before the tail too: its row heals
         if common < len(self.ids):
             crop_to(self.cache, common)
         rows = forward_cached(self.member, want[common:], self.cache)  # rows[i] predicts want[common + i + 1]
@@ -176,8 +191,33 @@ class _Reader:
             self.rows_at[common + i + 1] = rows[i]
         self.row = rows[-1]
         self.ids = list(want)
-        if j:
-            self.healed = self._heal(self.rows_at[len(want) - j], want[-j], tail, ext)
+        return self.row
+
+    def _word_split(self, generated: str) -> tuple[list[int], bytes, int, np.ndarray] | None:
+        """``(ids before, tail, tail's own token, tokens extending tail)`` where the text ends in whitespace
+        that this member joins to the next word, else None.
+
+        Byte-level BPE reads ``"\n    return"`` as ``"\n   "`` + ``" return"``, but a text that *ends* in
+        ``"\n    "`` as one whitespace token, after which a model has only ever seen a blank line: read
+        that way, it votes for ``"\n"`` and a pack with a seed that writes indentation as its own token
+        loops on blank lines. Where the member's tokens of the text plus a letter end in a token that
+        starts inside the text, the text is read up to that token, and the heal decides from there.
+        """
+        h = self.healer
+        if h is None or not generated or not generated[-1].isspace():
+            return None
+        probe = self.member.encode(generated + "a").ids
+        if not probe or probe[-1] >= len(h.surfaces) or not h.surfaces[probe[-1]].endswith(b"a"):
+            return None
+        tail = h.surfaces[probe[-1]][:-1]
+        spelled = b"".join(h.surfaces[t] if t < len(h.surfaces) else b"" for t in probe[:-1])
+        if not tail or spelled + tail != generated.encode("utf-8"):  # e.g. a dummy prefix space was added
+            return None
+        alone, n = h.own.longest_prefix(tail)
+        ext = h.own.extending(tail)
+        if n != len(tail) or not len(ext):
+            return None
+        return self.head + probe[:-1], tail, alone, ext
 
     def _heal(self, before: torch.Tensor, first: int, tail: bytes, ext: np.ndarray) -> torch.Tensor | None:
         h = self.healer
