@@ -164,6 +164,7 @@ def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
     fused = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.5, 0.5]))
     reader = Stream(fused, prompt, max_new_tokens=8).readers[1]
     assert reader.mode == "text" and reader.healer is not None
+    reader.sync("\n")  # the seed wrote "\n", then "    "
     reader.sync("\n    ")
     assert reader.ids == reader.head + like.encode("\n   ").ids and reader.text == "\n   "
     assert reader.healed is not None
@@ -173,4 +174,4 @@ def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
     assert reader.ids == reader.head + like.encode("\n    re").ids and reader.healed is None
     assert int(reader.row.argmax()) == member.model.path[len(reader.ids)]
     # Tokenizers that do not join a space to the next word are read as before.
-    assert reader._word_split("\n") is None
+    assert reader._word_split("\n", reader.reading("\n")) is None

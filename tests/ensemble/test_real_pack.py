@@ -35,6 +35,9 @@ def test_k1_greedy_equals_uncached_reference_on_real_member(name: str) -> None:
     # gemma3 writes "\n\n" as one token; smollm2 reads "Ċ Ċ The" but would re-read a text-final "\n\n"
     # as "ĊĊ" and then write "2." (the regression behind the 0.617 figure).
     ("gemma3", "smollm2", "The capital of France is Paris. The capital of Italy is"),
+    # gemma3 writes smollm2's own "ĠĠĠ" as "   "; smollm2 must go on to " if" (4 spaces), not re-read the
+    # text before its last space as if the seed had written a whole indentation token.
+    ("gemma3", "smollm2", "def fibonacci(n):"),
 ])
 def test_cross_tokenizer_fidelity_on_real_pair(seed: str, b: str, prompt: str) -> None:
     a, bm = load(seed), load(b)

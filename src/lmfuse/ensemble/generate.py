@@ -161,7 +161,7 @@ class _Reader:
         want = self.reading(generated)
         self.healed = None
         self.text = generated
-        split = self._word_split(generated)
+        split = self._word_split(generated, want)
         if split is not None:
             before, tail, alone, ext = split
             self.healed = self._heal(self._feed(before), alone, tail, ext)
@@ -193,7 +193,7 @@ class _Reader:
         self.ids = list(want)
         return self.row
 
-    def _word_split(self, generated: str) -> tuple[list[int], bytes, int, np.ndarray] | None:
+    def _word_split(self, generated: str, want: list[int]) -> tuple[list[int], bytes, int, np.ndarray] | None:
         """``(ids before, tail, tail's own token, tokens extending tail)`` where the text ends in whitespace
         that this member joins to the next word, else None.
 
@@ -201,7 +201,9 @@ class _Reader:
         ``"\n    "`` as one whitespace token, after which a model has only ever seen a blank line: read
         that way, it votes for ``"\n"`` and a pack with a seed that writes indentation as its own token
         loops on blank lines. Where the member's tokens of the text plus a letter end in a token that
-        starts inside the text, the text is read up to that token, and the heal decides from there.
+        starts inside the text, the text is read up to that token, and the heal decides from there; but only
+        where the member, at the first token the two readings differ, prefers that boundary's token to the
+        reading ``want`` (a member whose own ``"ĠĠĠ"`` the seed just wrote goes on to ``" if"`` itself).
         """
         h = self.healer
         if h is None or not generated or not generated[-1].isspace():
@@ -213,11 +215,16 @@ class _Reader:
         spelled = b"".join(h.surfaces[t] if t < len(h.surfaces) else b"" for t in probe[:-1])
         if not tail or spelled + tail != generated.encode("utf-8"):  # e.g. a dummy prefix space was added
             return None
+        before = self.head + probe[:-1]
+        p = common_prefix(want, before)
+        row = self.rows_at.get(p) if p < min(len(want), len(before)) and common_prefix(self.ids, want) >= p else None
+        if row is None or float(row[before[p]]) <= float(row[want[p]]):
+            return None
         alone, n = h.own.longest_prefix(tail)
         ext = h.own.extending(tail)
         if n != len(tail) or not len(ext):
             return None
-        return self.head + probe[:-1], tail, alone, ext
+        return before, tail, alone, ext
 
     def _heal(self, before: torch.Tensor, first: int, tail: bytes, ext: np.ndarray) -> torch.Tensor | None:
         h = self.healer
