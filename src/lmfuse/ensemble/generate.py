@@ -213,7 +213,7 @@ class _Reader:
             return None
         tail = h.surfaces[probe[-1]][:-1]
         spelled = b"".join(h.surfaces[t] if t < len(h.surfaces) else b"" for t in probe[:-1])
-        if not tail or spelled + tail != generated.encode("utf-8"):  # e.g. a dummy prefix space was added
+        if not tail.isspace() or spelled + tail != generated.encode("utf-8"):  # e.g. a dummy prefix space
             return None
         before = self.head + probe[:-1]
         p = common_prefix(want, before)
