@@ -120,8 +120,12 @@ class _Reader:
         piece = generated[len(self.text):]
         new = self.member.encode(piece).ids
         # A tokenizer may add a dummy prefix space to a piece (SentencePiece) or drop spaces (WordPiece).
-        spelled = b"".join(self.surfaces[t] if t < len(self.surfaces) else b"" for t in new)
-        return self.ids + new if spelled == piece.encode("utf-8") else None
+        return self.ids + new if self._spell(new) == piece.encode("utf-8") else None
+
+    def _spell(self, ids: Sequence[int]) -> bytes:
+        """The bytes ``ids`` spell in this member's surfaces (ids of logit padding spell nothing)."""
+        surfaces = self.surfaces or []
+        return b"".join(surfaces[t] if t < len(surfaces) else b"" for t in ids)
 
     def reading(self, generated: str) -> list[int]:
         """The ids the member reads ``generated`` as: its canonical tokenization, unless it would have
@@ -212,8 +216,7 @@ class _Reader:
         if not probe or probe[-1] >= len(h.surfaces) or not h.surfaces[probe[-1]].endswith(b"a"):
             return None
         tail = h.surfaces[probe[-1]][:-1]
-        spelled = b"".join(h.surfaces[t] if t < len(h.surfaces) else b"" for t in probe[:-1])
-        if not tail.isspace() or spelled + tail != generated.encode("utf-8"):  # e.g. a dummy prefix space
+        if not tail.isspace() or self._spell(probe[:-1]) + tail != generated.encode("utf-8"):  # a dummy prefix
             return None
         before = self.head + probe[:-1]
         p = common_prefix(want, before)
