@@ -146,11 +146,16 @@ class _Reader:
         extended = self._extended(generated)
         if extended is None or extended == canonical:
             return canonical
-        p = common_prefix(extended, canonical)
-        row = self.rows_at.get(p) if p < min(len(extended), len(canonical)) else None
-        if row is not None and float(row[extended[p]]) > float(row[canonical[p]]):
-            return extended
-        return canonical
+        return extended if self._prefers(extended, canonical) else canonical
+
+    def _prefers(self, a: list[int], b: list[int]) -> bool:
+        """Whether, at the first position ``a`` and ``b`` differ, the member's own row there finds ``a``'s
+        token more likely than ``b``'s (False where that row is not at hand)."""
+        p = common_prefix(a, b)
+        if p >= min(len(a), len(b)) or common_prefix(self.ids, a) < p:
+            return False
+        row = self.rows_at.get(p)  # rows are kept for positions of ``ids``, here shared with ``a[:p]``
+        return row is not None and float(row[a[p]]) > float(row[b[p]])
 
     def sync(self, generated: str) -> None:
         """Bring the cache to ``head + reading(generated)``, reusing the common prefix.
@@ -219,9 +224,7 @@ class _Reader:
         if not tail.isspace() or self._spell(probe[:-1]) + tail != generated.encode("utf-8"):  # a dummy prefix
             return None
         before = self.head + probe[:-1]
-        p = common_prefix(want, before)
-        row = self.rows_at.get(p) if p < min(len(want), len(before)) and common_prefix(self.ids, want) >= p else None
-        if row is None or float(row[before[p]]) <= float(row[want[p]]):
+        if not self._prefers(before, want):
             return None
         alone, n = h.own.longest_prefix(tail)
         ext = h.own.extending(tail)
