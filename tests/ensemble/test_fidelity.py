@@ -44,12 +44,12 @@ class Oracle(torch.nn.Module):
             logits[self.tok.eos_token_id] = 12.0
         return logits
 
-    def forward(self, input_ids: torch.Tensor, past_key_values: Any = None, **_: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, cache: Any = None, **_: Any) -> Any:
         new = input_ids[0].tolist()
-        if past_key_values is not None:  # keep the id history in the cache, so crop() rolls it back
+        if cache is not None:  # keep the id history in the cache, so crop() rolls it back
             k = torch.tensor(new, dtype=torch.float32)[None, None, :, None]
-            past_key_values.update(k, k, 0)
-            hist = past_key_values.layers[0].keys[0, 0, :, 0].long().tolist()
+            cache.update(k, k, 0)
+            hist = cache.layers[0].keys[0, 0, :, 0].long().tolist()
         else:
             hist = new
         start = len(hist) - len(new)

