@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from lmfuse.cli.main import main
-from lmfuse.eval import tasks
 from lmfuse.models.member import Member
 
 from .helpers import bigbench_tree, write_jsonl
