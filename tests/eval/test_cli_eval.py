@@ -13,15 +13,6 @@ from lmfuse.models.member import Member
 from .helpers import bigbench_tree, write_jsonl
 
 
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory: pytest.TempPathFactory, toy_members: dict[str, Member]) -> Path:
-    member = toy_members["sentencepiece"]
-    path = tmp_path_factory.mktemp("toy-model")
-    member.model.save_pretrained(path)
-    member.tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def bb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = bigbench_tree(tmp_path / "bb")

@@ -201,3 +201,46 @@ def test_report_pairs_fused_systems_with_uniform_and_the_best_member(tmp_path: P
     row = next(line for line in report.splitlines() if line.startswith("| pack[yes] |"))
     assert f"{gain:+.3f} [" in row.split("|")[3]
     assert "best member (member)" in report
+
+
+class OracleScorer:
+    """Two members and one fused system on the parity task: ``a`` always says Yes, ``b`` always No,
+    ``pack[u]`` is always right. On text: 2, 3 and 1.5 bits per byte."""
+
+    BITS = {"a": 2.0, "b": 3.0, "pack[u]": 1.5}
+
+    def systems(self) -> list[str]:
+        return list(self.BITS)
+
+    def loglikelihood(self, context: str, continuations: list[str]) -> dict[str, list[float]]:
+        even = int(context.rsplit("Is ", 1)[1].split()[0]) % 2 == 0
+        right = "Yes" if even else "No"
+        return {"a": [0.0 if c == "Yes" else -9.0 for c in continuations],
+                "b": [0.0 if c == "No" else -9.0 for c in continuations],
+                "pack[u]": [0.0 if c == right else -9.0 for c in continuations]}
+
+    def text_logprob(self, texts: list[str]) -> dict[str, list[float]]:
+        return {s: [-b * 0.6931471805599453 * len(t.encode()) for t in texts] for s, b in self.BITS.items()}
+
+
+def test_report_opens_with_what_fusion_bought_per_task(tmp_path: Path) -> None:
+    root = bigbench_tree(tmp_path / "bb")
+    (tmp_path / "t.txt").write_text("A line of text to score.\n" * 300)
+    results = evaluate(OracleScorer(), ["bigbench:parity", f"text:{tmp_path / 't.txt'}"], bigbench_root=root)
+    md = markdown(results)
+    section = md[md.index("## What fusion bought"):]
+    assert md.index("## What fusion bought") < md.index("## Multiple choice") and md.count("\n## ") >= 3
+    mc_row = next(line for line in section.splitlines() if line.startswith("| bigbench:parity"))
+    assert "| a 0.500 | pack[u] 1.000 | +0.500 [" in mc_row and "fusion helped: pack[u] beats the best member" in mc_row
+    text_row = next(line for line in section.splitlines() if line.startswith("| text:"))
+    assert "| bpb | a 2.000 | pack[u] 1.500 | -0.500 [-0.500, -0.500] | fusion helped" in text_row
+
+
+def test_fusion_verdicts_say_plainly_when_fusion_did_not_help() -> None:
+    from lmfuse.eval.report import _verdict
+
+    assert _verdict("m", "f", 0.01, 0.05, better=1.0).startswith("fusion helped")
+    assert _verdict("m", "f", -0.05, -0.01, better=1.0) == "fusion did not help: m alone is better"
+    assert _verdict("m", "f", -0.02, 0.03, better=1.0) == "fusion did not help measurably: the interval contains 0"
+    assert _verdict("m", "f", -0.05, -0.01, better=-1.0).startswith("fusion helped")  # bits per byte: lower
+    assert _verdict("m", "f", 0.01, 0.05, better=-1.0) == "fusion did not help: m alone is better"

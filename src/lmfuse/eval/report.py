@@ -31,6 +31,7 @@ def markdown(results: Results) -> str:
         f"lmfuse {s['lmfuse_version']}, started {s['started_utc']}, wall time {s.get('wall_seconds', '?')} s; "
         f"limit {s['limit']}, {s['shots']}-shot, seed {s['seed']}.",
     ]
+    lines += fusion_bought(results.tasks, systems)
     commands = [c for c in s.get("merged_from") or [s.get("command")] if c]
     if commands:
         lines += ["", "Reproduce (one command per joined run):" if len(commands) > 1 else "Reproduce:", ""]
@@ -49,7 +50,7 @@ def markdown(results: Results) -> str:
     if skipped:
         lines += ["", "**Skipped** (no source has their data on this machine; `--strict` makes this an error):", ""]
         lines += [f"- {name}: {why}" for name, why in skipped.items()]
-    lines += fusion_bought(results.tasks, systems)
+
     if mc:
         lines += [
             "",
