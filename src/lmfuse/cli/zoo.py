@@ -88,9 +88,9 @@ def run_list(args: argparse.Namespace) -> int:
     for name, asset in assets.DATA_ASSETS.items():
         info = assets.read_marker(asset.path())
         rows.append({
-            "name": name, "model": asset.description, "params": "-", "download_bytes": None,
+            "name": name, "model": asset.description, "params": "-", "download_bytes": asset.archive.size,
             "cache_bytes": info.get("bytes") if info else None, "licence": asset.licence.split(" (")[0].split(";")[0],
-            "installed": info is not None, "dtype": None, "path": str(asset.path()),
+            "installed": info is not None, "dtype": None, "path": str(asset.path()), "optional": asset.optional,
         })
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -98,7 +98,8 @@ def run_list(args: argparse.Namespace) -> int:
     header = ("NAME", "MODEL / CONTENT", "DOWNLOAD", "CACHE", "LICENCE", "INSTALLED")
     table = [header] + [
         (r["name"], r["model"][:46], _mb(r["download_bytes"]), _mb(r["cache_bytes"]), r["licence"][:28],
-         (f"yes ({r['dtype']})" if r["dtype"] else "yes") if r["installed"] else "no")
+         (f"yes ({r['dtype']})" if r["dtype"] else "yes") if r["installed"]
+         else "no (optional, not served)" if r.get("optional") else "no")
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -184,7 +185,7 @@ def run_check(args: argparse.Namespace) -> int:
             status = "GONE (optional)"
         elif r.status == "missing":
             failed += 1
-        print(f"{status:<16} {r.used_by:<14} {r.archive.requirement:<44} {r.detail}")
+        print(f"{status:<16} {r.used_by:<16} {r.archive.requirement:<44} {r.detail}")
     unreachable = sum(r.status == "unreachable" for r in results)
     if unreachable:
         print(f"warning: the index did not answer for {unreachable} archive(s); not counted as failures",
