@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -207,7 +208,7 @@ class OracleScorer:
     """Two members and one fused system on the parity task: ``a`` always says Yes, ``b`` always No,
     ``pack[u]`` is always right. On text: 2, 3 and 1.5 bits per byte."""
 
-    BITS = {"a": 2.0, "b": 3.0, "pack[u]": 1.5}
+    BITS: ClassVar[dict[str, float]] = {"a": 2.0, "b": 3.0, "pack[u]": 1.5}
 
     def systems(self) -> list[str]:
         return list(self.BITS)
