@@ -42,6 +42,24 @@ def reference_greedy(member: Member, prompt: str, n: int) -> str:
     return member.tokenizer.decode(out).rstrip("\ufffd")
 
 
+def byte_level_score(member: Member, context: str, continuation: str) -> float:
+    """The member's own byte-level log-prob of ``continuation`` after ``context``: the sum over its bytes
+    of the next-byte log-probs of the byte-level model its tokens define (`lmfuse.ensemble.bytelevel`)."""
+    from lmfuse.alignment import token_table
+    from lmfuse.ensemble.bytelevel import SortedVocab, next_byte_logprobs
+
+    text = context + continuation
+    enc = member.encode(context), member.encode(continuation)
+    ids = enc[0].ids + enc[1].ids
+    rows = member.log_probs([[member.prefix_token_id, *ids]])[0][:-1]
+    table = token_table(member.tokenizer)
+    data = text.encode()
+    reading = next_byte_logprobs(SortedVocab.of(table, member.logits_width), rows, ids,
+                                 [table.surface[i] for i in ids], data, 0, (len(context.encode()), len(data)))
+    picked = reading.log_probs.gather(-1, torch.as_tensor(list(data[len(context.encode()):]))[:, None])
+    return float(picked.sum())
+
+
 def test_k1_reproduces_the_single_model_scores_and_greedy_text(toy_members: dict[str, Member]) -> None:
     for member in toy_members.values():
         pack = Pack([member])
@@ -49,13 +67,12 @@ def test_k1_reproduces_the_single_model_scores_and_greedy_text(toy_members: dict
             (gen,) = pack.generate([prompt], max_new_tokens=6)
             assert gen.text == reference_greedy(member, prompt, 6)
             assert gen.weights.weights == [1.0]
+        if member.name == "toy-wordpiece":
+            continue  # lossy: its tokens do not spell the text, so it has no byte-level reading (test_bytelevel)
         context, conts = "The quick brown", [" fox", " dog jumps"]
         scores = pack.score(context, conts)
-        ctx_ids = member.encode(context).ids
         for cont, got in zip(conts, scores, strict=True):
-            ids = ctx_ids + member.encode(cont).ids
-            expected = float(member.score_tokens(ids)[len(ctx_ids):].sum())
-            assert got == pytest.approx(expected, abs=1e-4)
+            assert got == pytest.approx(byte_level_score(member, context, cont), abs=1e-4)
 
 
 @pytest.mark.parametrize("weights", [[0.5, 0.5], [0.9, 0.1], [0.0, 1.0]])

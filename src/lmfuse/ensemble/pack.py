@@ -2,13 +2,15 @@
 
 Per prompt:
 1. every member reads the prompt in its own tokenization (one forward pass each);
-2. the **seed** member is the one with the lowest normalised NLL on the prompt (or the user's choice); the
-   fused distribution lives in its vocabulary;
-3. the other members' rows are projected into the seed's vocabulary with the alignment engine (a mined
-   vocabulary map, log-sum-exp scatter), at the seed positions where they have a token boundary
-   (`lmfuse.ensemble.align`);
-4. the weighting strategy fits ``lambda`` on the prompt (``WEIGHTINGS``), and the fusion rule (``FUSIONS``)
-   combines the rows.
+2. each member is read as the **exact byte-level model** its tokens define (`lmfuse.ensemble.bytelevel`):
+   its probability of every next byte, from the same rows, by prefix covering. Fusion happens over bytes,
+   so no vocabulary is shared and nothing is projected: with one-hot weights the pack *is* that member,
+   and the product and mixture pools obey their bounds;
+3. the weighting strategy fits ``lambda`` on the prompt's bytes (``WEIGHTINGS``; the objective is the fused
+   NLL per byte of the prompt's last ``fit_bytes`` bytes), and the fusion rule (``FUSIONS``) combines the
+   members' next-byte distributions. Scoring (`PackScorer`) sums the fused log-probs of the scored bytes;
+4. decoding (`lmfuse.ensemble.generate`) emits the **seed** member's tokens (the lowest normalised NLL on
+   the prompt, or the user's choice), the other members' rows projected into its vocabulary.
 
 NLL normalisation (``nll_norm``) is what makes members comparable when choosing the seed and for the
 NLL-based strategies: ``"token"`` (mean NLL per token of the member's own tokenization, the paper's) or
@@ -18,6 +20,7 @@ by measurement: see ``DEFAULT_NLL_NORM``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmfuse.ensemble.align import boundary_index
+from lmfuse.ensemble.bytelevel import ByteReading, SortedVocab, next_byte_logprobs
 from lmfuse.ensemble.fusion import FUSIONS, fill_holes
+from lmfuse.ensemble.preimages import Preimages
 from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
-from lmfuse.ensemble.support import Preimages, restricted_problem
 from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
@@ -41,7 +44,8 @@ NLL_NORMS = ("token", "byte")
 # 679 examples); docs/results/pack/README.md, "NLL per token or per byte".
 DEFAULT_NLL_NORM = "byte"
 DEFAULT_WEIGHTING = "packllm-opt"
-SUPPORT_POOL = 4  # a member's support_k seed tokens are picked among the images of its 4*support_k best ids
+# The weight fit reads the last 1,024 bytes of the prompt (~256 tokens, the span PackLLM's fit covered).
+DEFAULT_FIT_BYTES = 1024
 
 
 @dataclass
@@ -55,7 +59,7 @@ class WeightReport:
     seed: str
     weighting: str
     fusion: str
-    fitted_nll: float | None = None  # fused NLL per seed token of the fitted prompt positions
+    fitted_nll: float | None = None  # fused NLL per byte of the fitted prompt bytes
     fit_seconds: float = 0.0
     forward_seconds: float = 0.0
 
@@ -74,7 +78,7 @@ class WeightReport:
             mark = "  <- seed" if n == self.seed else ""
             lines.append(f"  {n:<{width}}  weight {w:6.3f}  NLL {x:7.4f}{mark}")
         if self.fitted_nll is not None:
-            lines.append(f"  fused NLL on the prompt: {self.fitted_nll:.4f} nats/seed-token")
+            lines.append(f"  fused NLL on the prompt: {self.fitted_nll:.4f} nats/byte")
         return "\n".join(lines)
 
 
@@ -86,8 +90,6 @@ class Analysis:
     runs: list[TextRun]
     nll: torch.Tensor  # [K] normalised
     seed: int
-    present: torch.Tensor  # [K, T_seed] bool
-    index: list[list[int]]  # [K][T_seed] member token index per seed token (-1 absent)
     forward_seconds: float
     caches: list[Any] = field(default_factory=list)
 
@@ -97,7 +99,7 @@ class Pack:
 
     def __init__(self, members: Sequence[Member], weighting: str = DEFAULT_WEIGHTING, fusion: str = "product",
                  seed_member: str | None = None, nll_norm: str = DEFAULT_NLL_NORM, seed: int = 0,
-                 options: WeightOptions | None = None, fit_tokens: int = 256, support_k: int | None = 64,
+                 options: WeightOptions | None = None, fit_bytes: int = DEFAULT_FIT_BYTES,
                  healing: bool = True) -> None:
         if not members:
             raise InputError("a pack needs at least one member")
@@ -114,12 +116,15 @@ class Pack:
         self.weighting, self.fusion, self.nll_norm = weighting, fusion, nll_norm
         self.seed_member, self.seed = seed_member, seed
         self.options = options or WeightOptions()
-        self.fit_tokens, self.support_k, self.healing = fit_tokens, support_k, healing
+        if fit_bytes < 1:
+            raise InputError(f"fit_bytes must be a positive number of bytes, got {fit_bytes}")
+        self.fit_bytes, self.healing = fit_bytes, healing
         self._maps: dict[tuple[int, int], Any] = {}
         self._same: dict[tuple[int, int], bool] = {}
         self._tables: dict[int, Any] = {}
         self._surfaces: dict[int, Any] = {}
         self._pre: dict[tuple[int, int], Preimages] = {}
+        self._sorted: dict[int, SortedVocab] = {}
 
     @classmethod
     def load(cls, members: Sequence[str | Member] = (), weighting: str = DEFAULT_WEIGHTING,
@@ -213,14 +218,10 @@ class Pack:
         runs = list(runs) if runs is not None else [read_text(m, text) for m in self.members]
         forward = time.perf_counter() - t0
         nll = torch.tensor([self.normalised_nll(r, text) for r in runs])
-        s = self.choose_seed(nll)
-        index = [boundary_index(text, runs[s].offsets, r.offsets) for r in runs]
-        index[s] = list(range(len(runs[s].ids)))
-        present = torch.tensor([[i >= 0 for i in idx] for idx in index], dtype=torch.bool)
-        return Analysis(text, runs, nll, s, present, index, forward)
+        return Analysis(text, runs, nll, self.choose_seed(nll), forward)
 
     def preimages(self, k: int, s: int) -> Preimages:
-        """Member k -> seed s vocabulary map inverted (CSR), for the weight fit's support."""
+        """Member k -> seed s vocabulary map inverted (CSR), to project rows while decoding."""
         if (k, s) not in self._pre:
             width, seed_width = self.members[k].logits_width, self.members[s].logits_width
             if self.same_tokenizer(k, s):
@@ -230,28 +231,35 @@ class Pack:
                 self._pre[(k, s)] = Preimages.of(vmap.index, seed_width, vmap.exact)
         return self._pre[(k, s)]
 
-    def problem(self, a: Analysis) -> WeightProblem:
-        """The fused-NLL objective over the last ``fit_tokens`` seed positions of the analysed text.
+    def sorted_vocab(self, k: int) -> SortedVocab:
+        """Member k's text tokens in lexicographic order of their surfaces (`lmfuse.ensemble.bytelevel`)."""
+        if k not in self._sorted:
+            self._sorted[k] = SortedVocab.of(self._table(k), self.members[k].logits_width)
+        return self._sorted[k]
 
-        With ``support_k`` the member log-probs are computed only on each position's support (see
-        `lmfuse.ensemble.support`); with ``support_k=None`` every member row is projected in full (exact).
-        """
-        s, seed_run = a.seed, a.runs[a.seed]
-        t_all = len(seed_run.ids)
-        lo = max(0, t_all - self.fit_tokens)
-        targets = torch.as_tensor(seed_run.ids[lo:], dtype=torch.long)
-        present = a.present[:, lo:]
-        index = [torch.as_tensor(a.index[k][lo:], dtype=torch.long) for k in range(len(a.runs))]
-        seed_width = self.members[s].logits_width
-        if self.support_k is not None and self.support_k < seed_width:
-            lp = restricted_problem([r.rows for r in a.runs], index, present, targets,
-                                    [self.preimages(k, s) for k in range(len(a.runs))], self.support_k,
-                                    SUPPORT_POOL * self.support_k, self.fusion == "product")
-            targets = torch.zeros(len(targets), dtype=torch.long)
-        else:  # absent rows (index -1) read row 0 and are masked out by ``present``
-            lp = torch.stack([self.project(k, s, run.rows[idx.clamp_min(0)])
-                              for k, (run, idx) in enumerate(zip(a.runs, index, strict=True))])  # [K, T, V_s]
-        return WeightProblem(nll=a.nll, log_probs=lp, targets=targets, present=present, fusion=self.fusion)
+    def read_bytes(self, k: int, run: TextRun, text: str, span: tuple[int, int]) -> ByteReading:
+        """Member k's exact next-byte distributions at bytes ``span`` of ``text``, from its own ``run``
+        of the text (the same forward pass that scores it alone)."""
+        table = self._table(k)
+        first = len(text[: run.offsets[0][0]].encode("utf-8")) if run.offsets else 0
+        return next_byte_logprobs(self.sorted_vocab(k), run.rows, run.ids, [table.surface[i] for i in run.ids],
+                                  text.encode("utf-8"), first, span)
+
+    def byte_problem(self, text: str, runs: Sequence[TextRun], span: tuple[int, int],
+                     nll: torch.Tensor) -> WeightProblem:
+        """Every member's next-byte distributions at bytes ``span`` of ``text`` as a `WeightProblem`
+        (``log_probs [K, T, 256]``, ``targets`` the text's bytes): the fused-NLL objective per byte."""
+        readings = [self.read_bytes(k, run, text, span) for k, run in enumerate(runs)]
+        data = text.encode("utf-8")[span[0] : span[1]]
+        return WeightProblem(nll=nll, log_probs=torch.stack([r.log_probs for r in readings]),
+                             targets=torch.as_tensor(list(data), dtype=torch.long),
+                             present=torch.stack([r.present for r in readings]), fusion=self.fusion)
+
+    def problem(self, a: Analysis) -> WeightProblem:
+        """The fused-NLL objective over the last ``fit_bytes`` bytes of the analysed text, with every
+        member read as the exact byte-level model its tokens define (`lmfuse.ensemble.bytelevel`)."""
+        n = len(a.text.encode("utf-8"))
+        return self.byte_problem(a.text, a.runs, (max(0, n - self.fit_bytes), n), a.nll)
 
     def fit(self, a: Analysis, weighting: str | None = None,
             problem: WeightProblem | None = None) -> tuple[torch.Tensor, WeightReport]:
@@ -272,32 +280,6 @@ class Pack:
         return self.fit(self.analyse(prompt), weighting)[1]
 
     # ---- fused scoring --------------------------------------------------------------------------------
-    def fused_logprobs(self, seed: int, targets: Sequence[int], rows: Sequence[torch.Tensor | None],
-                       index: Sequence[Sequence[int]], weights: dict[str, torch.Tensor],
-                       chunk: int = 128) -> dict[str, torch.Tensor]:
-        """Fused log-prob of each seed target token, per weight vector; positions in chunks (memory)."""
-        out: dict[str, list[torch.Tensor]] = {name: [] for name in weights}
-        rule = FUSIONS.get(self.fusion)
-        n = len(targets)
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            tgt = torch.as_tensor(list(targets[lo:hi]), dtype=torch.long)
-            stack, present = [], []
-            for k, r in enumerate(rows):
-                idx = torch.as_tensor(list(index[k][lo:hi]), dtype=torch.long)
-                have = idx >= 0 if r is not None else torch.zeros(hi - lo, dtype=torch.bool)
-                present.append(have)
-                if r is None or not bool(have.any()):
-                    stack.append(torch.zeros(hi - lo, self.members[seed].logits_width))
-                else:
-                    stack.append(self.project(k, seed, r[idx.clamp_min(0)]))
-            lp = torch.stack(stack)  # [K, n, V_s]
-            pres = torch.stack(present)  # [K, n]
-            for name, w in weights.items():
-                ww = renormalise(w, pres, seed)
-                out[name].append(rule(lp, ww).gather(-1, tgt[:, None])[:, 0])
-        return {name: torch.cat(v) if v else torch.zeros(0) for name, v in out.items()}
-
     def scorer(self, weightings: Sequence[str] = (DEFAULT_WEIGHTING,)) -> PackScorer:
         return PackScorer(self, list(weightings))
 
@@ -326,16 +308,25 @@ class Pack:
                       stop=stop, seed=self.seed if seed is None else seed)
 
 
-def renormalise(weights: torch.Tensor, present: torch.Tensor, seed: int) -> torch.Tensor:
-    """``[K]`` weights -> ``[K, n]``: renormalised over the members present at each position.
+def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``[T]`` fused log-prob of each target byte of ``problem``, per weight vector.
 
-    Where no present member has weight (the weighted members all abstain), the seed speaks alone.
-    """
-    w = weights[:, None] * present
-    total = w.sum(0, keepdim=True)
-    alone = torch.zeros_like(w)
-    alone[seed] = 1.0
-    return torch.where(total > 0, w / total.clamp_min(1e-30), alone)
+    The weights are renormalised over the members present at each byte; where every present member has
+    weight 0 they are equal over the present members (as in the fit's objective), and a byte no member
+    can read gets 1/256."""
+    assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
+    rule = FUSIONS.get(problem.fusion)
+    present = problem.present
+    anyone = present.any(0)
+    out = {}
+    for name, w in weights.items():
+        ww = w[:, None] * present
+        total = ww.sum(0, keepdim=True)
+        fallback = present / present.sum(0, keepdim=True).clamp_min(1)
+        ww = torch.where(total > 0, ww / total.clamp_min(1e-30), fallback)
+        fused = rule(problem.log_probs, ww).gather(-1, problem.targets[:, None])[:, 0]
+        out[name] = torch.where(anyone, fused, torch.full((), -math.log(256.0)))
+    return out
 
 
 @dataclass
@@ -363,7 +354,7 @@ class PackScorer:
         for w in self.weightings:
             out[f"pack[{w}]"] = {"members": pack.names, "weighting": w, "fusion": pack.fusion,
                                  "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "lowest NLL",
-                                 "fit_tokens": pack.fit_tokens, "support_k": pack.support_k,
+                                 "fit_bytes": pack.fit_bytes, "probabilities": "exact byte-level (prefix covering)",
                                  "weights_fitted_on": "the context (prompt) only"}
         return out
 
@@ -403,21 +394,22 @@ class PackScorer:
             m.name: [float(r.token_logprobs.sum()) for r in conts] for m, (_, conts) in zip(pack.members, reads,
                                                                                               strict=True)}
         if context and all(ctx.ids for ctx, _ in reads):
-            a = pack.analyse(context, [ctx for ctx, _ in reads])
-            weights, seed = self._weights(a), a.seed
-        else:  # no context to weigh members on: the first member is the seed, weights as the strategy says
-            seed = 0 if pack.seed_member is None else pack.names.index(pack.seed_member)
-            base = Analysis(context, [], torch.zeros(len(pack.members)), seed, torch.zeros(0), [], 0.0)
+            weights = self._weights(pack.analyse(context, [ctx for ctx, _ in reads]))
+        else:  # no context to weigh members on: weights as the strategy says without NLLs
+            base = Analysis(context, [], torch.zeros(len(pack.members)), 0, 0.0)
             weights = self._remember({f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0]
                                       for n in self.weightings})
         for name in weights:
             result[name] = []
+        start = len(context.encode("utf-8"))
         for j, cont in enumerate(continuations):
-            seed_run = reads[seed][1][j]
-            index = [boundary_index(cont, seed_run.offsets, conts[j].offsets) for _, conts in reads]
-            index[seed] = list(range(len(seed_run.ids)))
-            scores = pack.fused_logprobs(seed, seed_run.ids, [conts[j].rows for _, conts in reads], index, weights)
-            for name, v in scores.items():
+            # Each member reads context + continuation in its own tokens (the context's, then the
+            # continuation's); the fused score is the sum of the fused next-byte log-probs of the
+            # continuation's bytes.
+            text = context + cont
+            runs = [_joined(ctx, conts[j], len(context)) for ctx, conts in reads]
+            problem = pack.byte_problem(text, runs, (start, len(text.encode("utf-8"))), torch.zeros(len(runs)))
+            for name, v in fused_byte_logprobs(problem, weights).items():
                 result[name].append(float(v.sum()))
         return result
 
@@ -432,10 +424,19 @@ class PackScorer:
                 result[m.name].append(float(r.token_logprobs.sum()))
             a = pack.analyse(text, runs)
             weights = self._weights(a)
-            scores = pack.fused_logprobs(a.seed, runs[a.seed].ids, [r.rows for r in runs], a.index, weights)
-            for name, v in scores.items():
+            problem = pack.byte_problem(text, runs, (0, len(text.encode("utf-8"))), a.nll)
+            for name, v in fused_byte_logprobs(problem, weights).items():
                 result[name].append(float(v.sum()))
         return result
+
+
+def _joined(context: TextRun, continuation: TextRun, shift: int) -> TextRun:
+    """A member's reading of context + continuation as one run (offsets into the joined text)."""
+    if not context.ids:
+        return TextRun(continuation.ids, [(a + shift, b + shift) for a, b in continuation.offsets], continuation.rows)
+    return TextRun([*context.ids, *continuation.ids],
+                   [*context.offsets, *((a + shift, b + shift) for a, b in continuation.offsets)],
+                   torch.cat([context.rows, continuation.rows]))
 
 
 def pack_scorer(pack: Pack, weightings: Sequence[str] = (DEFAULT_WEIGHTING,), window: int | None = None,

@@ -13,9 +13,10 @@ Every strategy is ``(problem, options) -> weights [K]`` on the simplex, register
   (mirror) descent on the *joint* fused-NLL objective over the whole simplex, keeping only improving
   steps, so its fitted NLL is never worse than packllm-opt's.
 
-The objective (``WeightProblem.objective``) is the mean NLL of the prompt's seed tokens under the fused
-distribution; a member that has no token boundary at a seed position abstains there (see ``align.py``)
-and the weights are renormalised over the members present.
+The objective (``WeightProblem.objective``) is the mean NLL of the prompt's bytes under the fused
+next-byte distribution, every member read as its exact byte-level model (`lmfuse.ensemble.bytelevel`); a
+member that cannot read a byte (a lossy tokenizer) abstains there and the weights are renormalised over the
+members present.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ class WeightProblem:
     """What a strategy may look at for one prompt.
 
     ``nll``: ``[K]`` each member's normalised NLL of the prompt in its own tokenization.
-    ``log_probs``: ``[K, T, S]`` float32 member log-probs at the T fitted seed positions, over a support
-    of S seed tokens per position (the full vocabulary, or a per-position candidate set).
-    ``targets``: ``[T]`` index (into the S axis) of the seed token that actually follows.
+    ``log_probs``: ``[K, T, S]`` float32 member log-probs at the T fitted positions over S outcomes (the
+    pack: the 256 next bytes).
+    ``targets``: ``[T]`` index (into the S axis) of the outcome that actually follows.
     ``present``: ``[K, T]`` bool, whether member k contributes at position t.
     """
 
@@ -52,7 +53,7 @@ class WeightProblem:
         return int(self.nll.shape[0])
 
     def objective(self, weights: torch.Tensor) -> torch.Tensor:
-        """Mean fused NLL of the prompt's seed tokens for ``weights [K]`` (differentiable)."""
+        """Mean fused NLL per position (per byte, for a pack) for ``weights [K]`` (differentiable)."""
         if self.log_probs is None or self.targets is None:
             raise InputError("this weighting needs per-position log-probs (the fused-NLL objective); none given")
         if not bool(torch.isfinite(weights).all()):

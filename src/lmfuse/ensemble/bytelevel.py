@@ -1,0 +1,184 @@
+"""Exact next-byte distributions of a token-level member, by prefix covering. Pure tensor maths.
+
+A member that reads text in its own tokens defines a distribution over byte strings. The probability
+that the text *starts with* the bytes ``x[:i]`` is the total probability of the token sequences that
+**cover** it: sequences whose tokens before the last one spell a proper prefix of ``x[:i]`` and whose
+last token runs on past (or to) byte ``i`` (Phan et al. 2024, *Exact Byte-Level Probabilities from
+Tokenized Language Models*; Vieira et al. 2024, *From Language Models over Tokens to Language Models over
+Characters*). Its ratio ``P(x[:i+1]) / P(x[:i])`` is the member's probability of the next byte.
+
+We enumerate the covers whose leading tokens are the member's own (canonical) tokenization of the text:
+with ``c_1 .. c_n`` its tokens and ``B_k`` the byte where ``c_k`` ends (``B_0`` the text's start),
+
+    P(x[:i]) = sum over k with B_k < i of  P(c_1 .. c_k) * Q_k(x[B_k:i])
+
+where ``Q_k(r)`` is the total probability, under the member's next-token distribution after ``c_1..c_k``
+(its row ``k``), of the tokens whose surface starts with ``r``. Every row is the one the member's
+ordinary forward pass over its own tokens gives: no extra passes. Token sequences that leave the
+canonical tokenization before its last few tokens (another segmentation of an earlier word) are not
+enumerated: a trained model gives them almost no mass, and what they would carry is the mass that
+``leak`` reports (the next-byte masses are renormalised over the 256 bytes).
+
+Consequences, each tested:
+* with the canonical tokens fixed, the product of the next-byte probabilities over a text is the
+  member's probability of the text as a byte prefix: its own token log-likelihood plus the mass of
+  tokens that run on past the text's end, minus the renormalised leak;
+* every next-byte distribution is proper (sums to 1 over the 256 bytes), also inside a multi-byte UTF-8
+  character, so members vote on every byte;
+* fusing members as byte-level models needs no shared vocabulary: one-hot weights give that member's
+  own distribution, and the product and mixture pools obey their bounds.
+
+Tokens run in lexicographic order of their surfaces, so the tokens starting with ``r`` are one
+contiguous range and ``Q_k(r)`` is a difference of a cumulative sum (`SortedVocab`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmfuse.alignment.tokens import BYTE, NORMAL, TokenTable
+
+N_BYTES = 256
+ROW_CHUNK = 32  # rows whose cumulative sums are held at once (float64 [32, V])
+LOG_FLOOR = -69.0  # ~1e-30: a byte no cover reaches is "impossible", but never -inf (product vetoes)
+
+
+@dataclass(frozen=True)
+class SortedVocab:
+    """A member's text tokens (normal and byte tokens, ids below its logits width) in lexicographic
+    order of their surface bytes.
+
+    ``order[j]``: the id at sorted position ``j``. ``codes[j, d]``: 1 + byte ``d`` of that token's
+    surface, 0 past its end; a row is sorted lexicographically with "ended" before every byte, so the
+    tokens that share a prefix of length ``d`` and continue with byte ``b`` form one contiguous block
+    ordered by ``codes[:, d]``.
+    """
+
+    order: torch.Tensor  # [V'] int64
+    codes: np.ndarray  # [V', L] uint16
+
+    @classmethod
+    def of(cls, table: TokenTable, width: int) -> SortedVocab:
+        ids = [i for i in range(min(table.size, width))
+               if table.kind[i] in (NORMAL, BYTE) and table.surface[i]]
+        ids.sort(key=lambda i: table.surface[i])
+        longest = max((len(table.surface[i]) for i in ids), default=1)
+        codes = np.zeros((len(ids), longest + 1), dtype=np.uint16)  # one spare column: "ended"
+        for j, i in enumerate(ids):
+            s = table.surface[i]
+            codes[j, : len(s)] = np.frombuffer(s, dtype=np.uint8).astype(np.uint16) + 1
+        return cls(torch.as_tensor(ids, dtype=torch.long), codes)
+
+    @property
+    def depth(self) -> int:
+        return self.codes.shape[1] - 1
+
+    def children(self, lo: int, hi: int, d: int) -> np.ndarray:
+        """``[257]`` sorted positions splitting ``[lo, hi)`` (tokens sharing ``d`` bytes) by byte ``d``:
+        byte ``b``'s block is ``[out[b], out[b+1])``; ``[lo, out[0])`` is the tokens that end at ``d``."""
+        col = self.codes[lo:hi, d] if d < self.codes.shape[1] else np.zeros(hi - lo, dtype=np.uint16)
+        return lo + np.searchsorted(col, np.arange(1, N_BYTES + 2), side="left")
+
+
+@dataclass
+class ByteReading:
+    """One member's next-byte log-distributions over a span of a text.
+
+    ``log_probs[i]``: ``[256]`` log P(next byte | text bytes before ``start + i``), normalised.
+    ``present[i]``: whether the member can speak at that byte (its own tokens spell the text there).
+    ``leak[i]``: the share of the prefix's mass, before renormalising, held by covers whose last token
+    ends exactly before the byte where the member's own tokenization does not end: what the
+    segmentations that are not enumerated would have carried on from there.
+    """
+
+    log_probs: torch.Tensor  # [N, 256] float32
+    present: torch.Tensor  # [N] bool
+    leak: torch.Tensor  # [N] float64, a fraction in [0, 1)
+
+
+def token_byte_spans(text: bytes, surfaces: Sequence[bytes], first: int) -> tuple[list[int], list[bool]]:
+    """Byte ends ``B_1..B_n`` of tokens laid end to end from byte ``first``, and whether each token's
+    surface is the text there (False for lossy tokenizers: WordPiece's invented spaces, normalisers)."""
+    ends, ok = [], []
+    pos = first
+    for s in surfaces:
+        ok.append(text[pos : pos + len(s)] == s)
+        pos += len(s)
+        ends.append(pos)
+    return ends, ok
+
+
+def next_byte_logprobs(
+    vocab: SortedVocab,
+    rows: torch.Tensor,
+    ids: Sequence[int],
+    surfaces: Sequence[bytes],
+    text: bytes,
+    first: int,
+    span: tuple[int, int],
+) -> ByteReading:
+    """The member's next-byte distributions at bytes ``span[0] .. span[1]-1`` of ``text``.
+
+    ``rows[k]`` (``[n, V]`` log-probs) is the member's distribution of its token ``ids[k]`` given the
+    tokens before it; the tokens' ``surfaces`` spell ``text`` from byte ``first`` on (checked; where they do
+    not, the member is absent). Row ``k`` sits at boundary ``B_k`` (``B_0 = first``).
+    """
+    lo_byte, hi_byte = span
+    n_out = hi_byte - lo_byte
+    ends, ok = token_byte_spans(text, surfaces, first)
+    starts = [first, *ends[:-1]]
+    # Cumulative log-prob of the canonical tokens before each boundary: P(c_1 .. c_k), float64.
+    token_lp = rows.gather(-1, torch.as_tensor(list(ids), dtype=torch.long)[:, None])[:, 0].double()
+    before = torch.cat([torch.zeros(1, dtype=torch.float64), token_lp.cumsum(0)])
+    # A boundary only reaches bytes within the longest token; tokens that are not the text break the chain.
+    broken = next((k for k, good in enumerate(ok) if not good), len(ok))
+    mass = torch.full((n_out, N_BYTES), -math.inf, dtype=torch.float64)
+    leak = torch.full((n_out,), -math.inf, dtype=torch.float64)  # log of the leaked mass
+    present = torch.zeros(n_out, dtype=torch.bool)
+    for k_pos, (a, b) in enumerate(zip(starts, ends, strict=True)):
+        if k_pos <= broken and b > lo_byte and a < hi_byte and ok[k_pos]:
+            present[max(a, lo_byte) - lo_byte : min(b, hi_byte) - lo_byte] = True
+    useful = [k for k in range(min(broken + 1, len(starts)))
+              if starts[k] < hi_byte and starts[k] + vocab.depth >= lo_byte]
+    for c0 in range(0, len(useful), ROW_CHUNK):
+        chunk = useful[c0 : c0 + ROW_CHUNK]
+        probs = rows[chunk][:, vocab.order].double().exp()  # [c, V'] in sorted order
+        cum = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.float64), probs.cumsum(1)], dim=1)
+        for r, k in enumerate(chunk):
+            canonical = (ends[k], float(token_lp[k].exp()))
+            _walk(vocab, cum[r], float(before[k]), canonical, text, starts[k], (lo_byte, hi_byte), mass, leak)
+    total = torch.logsumexp(mass, dim=-1, keepdim=True)
+    log_probs = torch.where(present[:, None], (mass - total).clamp_min(LOG_FLOOR), torch.zeros(()))
+    share = torch.where(torch.isfinite(leak), (leak - torch.logaddexp(leak, total[:, 0])).exp(), torch.zeros(()))
+    return ByteReading(log_probs.float(), present & torch.isfinite(total[:, 0]), share)
+
+
+def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: tuple[int, float], text: bytes,
+          start: int, span: tuple[int, int], mass: torch.Tensor, leak: torch.Tensor) -> None:
+    """Add boundary ``start``'s covers to the next-byte masses of the bytes it reaches.
+
+    At depth ``d`` (byte ``start + d``) the range holds the tokens whose surface starts with
+    ``text[start : start + d]``; split by their byte ``d``, the blocks' masses times ``P(c_1..c_k)`` are
+    this boundary's share of the next-byte masses there. The walk follows the text's own byte until no
+    token continues it. ``canonical`` is (end byte, probability) of the member's own next token, which
+    is continued by the next boundary and so is not leaked where it ends."""
+    lo_byte, hi_byte = span
+    lo, hi = 0, len(vocab.order)
+    d = 0
+    while lo < hi and start + d < hi_byte:
+        cuts = vocab.children(lo, hi, d)
+        i = start + d
+        if i >= lo_byte:
+            block = (cum[cuts[1:]] - cum[cuts[:-1]]).clamp_min(0.0)  # [256]
+            mass[i - lo_byte] = torch.logaddexp(mass[i - lo_byte], block.log() + log_before)
+            ended = float(cum[cuts[0]] - cum[lo]) - (canonical[1] if i == canonical[0] else 0.0)
+            if ended > 0:
+                leak[i - lo_byte] = float(np.logaddexp(float(leak[i - lo_byte]), math.log(ended) + log_before))
+        byte = text[i]
+        lo, hi = int(cuts[byte]), int(cuts[byte + 1])
+        d += 1
