@@ -5,7 +5,7 @@ that the text *starts with* the bytes ``x[:i]`` is the total probability of the 
 **cover** it: sequences whose tokens before the last one spell a proper prefix of ``x[:i]`` and whose
 last token runs on past (or to) byte ``i`` (Phan et al. 2024, *Exact Byte-Level Probabilities from
 Tokenized Language Models*; Vieira et al. 2024, *From Language Models over Tokens to Language Models over
-Characters*). Its ratio ``P(x[:i+1]) / P(x[:i])`` is the member's probability of the next byte.
+Characters*). The ratio ``P(x[:i+1]) / P(x[:i])`` is the member's probability of the next byte.
 
 We enumerate the covers whose leading tokens are the member's own (canonical) tokenization of the text:
 with ``c_1 .. c_n`` its tokens and ``B_k`` the byte where ``c_k`` ends (``B_0`` the text's start),
@@ -14,19 +14,21 @@ with ``c_1 .. c_n`` its tokens and ``B_k`` the byte where ``c_k`` ends (``B_0`` 
 
 where ``Q_k(r)`` is the total probability, under the member's next-token distribution after ``c_1..c_k``
 (its row ``k``), of the tokens whose surface starts with ``r``. Every row is the one the member's
-ordinary forward pass over its own tokens gives: no extra passes. Token sequences that leave the
-canonical tokenization before its last few tokens (another segmentation of an earlier word) are not
-enumerated: a trained model gives them almost no mass, and what they would carry is the mass that
-``leak`` reports (the next-byte masses are renormalised over the 256 bytes).
+ordinary forward pass over its own tokens gives: no extra passes. A trained model gives almost no mass
+to token sequences that leave its canonical tokenization and come back to it, which is why the covers
+that leave it earlier are not enumerated (Phan et al.'s "valid covering encodings").
 
-Consequences, each tested:
-* with the canonical tokens fixed, the product of the next-byte probabilities over a text is the
-  member's probability of the text as a byte prefix: its own token log-likelihood plus the mass of
-  tokens that run on past the text's end, minus the renormalised leak;
-* every next-byte distribution is proper (sums to 1 over the 256 bytes), also inside a multi-byte UTF-8
-  character, so members vote on every byte;
-* fusing members as byte-level models needs no shared vocabulary: one-hot weights give that member's
-  own distribution, and the product and mixture pools obey their bounds.
+Each next-byte distribution has **257 outcomes**: the 256 bytes, and ``OTHER``: the prefix's covers that
+do not go on with a byte we can attribute without another forward pass — a token that ends exactly
+here where the member's own tokenization does not (``"py"`` before ``"thon"``: what follows it is
+``"torch"`` more often than ``"thon"``), and the end of text (special tokens) at a boundary. Its mass is
+what those covers hold; nothing is renormalised, so the text's own byte gets exactly
+``P(x[:i+1]) / P(x[:i])`` and, over a whole text, the product of the next-byte probabilities is the
+member's probability of the text as a byte prefix: its own token log-likelihood plus the mass of the other
+covers (tokens that run on past the text's end). Every distribution sums to 1, also inside a multi-byte
+UTF-8 character, so members vote on every byte. Fusing members as byte-level models needs no shared
+vocabulary: one-hot weights give that member's own distribution, and the product and mixture pools obey
+their bounds over the 257 outcomes.
 
 Tokens run in lexicographic order of their surfaces, so the tokens starting with ``r`` are one
 contiguous range and ``Q_k(r)`` is a difference of a cumulative sum (`SortedVocab`).
@@ -44,6 +46,8 @@ import torch
 from lmfuse.alignment.tokens import BYTE, NORMAL, TokenTable
 
 N_BYTES = 256
+OTHER = 256  # the 257th outcome: covers that go on through a boundary the member's tokenization lacks, or end
+N_OUTCOMES = 257
 ROW_CHUNK = 32  # rows whose cumulative sums are held at once (float64 [32, V])
 LOG_FLOOR = -69.0  # ~1e-30: a byte no cover reaches is "impossible", but never -inf (product vetoes)
 
@@ -89,16 +93,18 @@ class SortedVocab:
 class ByteReading:
     """One member's next-byte log-distributions over a span of a text.
 
-    ``log_probs[i]``: ``[256]`` log P(next byte | text bytes before ``start + i``), normalised.
-    ``present[i]``: whether the member can speak at that byte (its own tokens spell the text there).
-    ``leak[i]``: the share of the prefix's mass, before renormalising, held by covers whose last token
-    ends exactly before the byte where the member's own tokenization does not end: what the
-    segmentations that are not enumerated would have carried on from there.
+    ``log_probs[i]``: ``[257]`` log P(next byte | text bytes before ``span[0] + i``) over the 256 bytes and
+    ``OTHER``; it sums to 1. ``present[i]``: whether the member can speak at that byte (its own tokens
+    spell the text there).
     """
 
-    log_probs: torch.Tensor  # [N, 256] float32
+    log_probs: torch.Tensor  # [N, 257] float32
     present: torch.Tensor  # [N] bool
-    leak: torch.Tensor  # [N] float64, a fraction in [0, 1)
+
+    @property
+    def other(self) -> torch.Tensor:
+        """``[N]`` the mass of ``OTHER`` at each byte."""
+        return self.log_probs[:, OTHER].exp()
 
 
 def token_byte_spans(text: bytes, surfaces: Sequence[bytes], first: int) -> tuple[list[int], list[bool]]:
@@ -137,8 +143,7 @@ def next_byte_logprobs(
     before = torch.cat([torch.zeros(1, dtype=torch.float64), token_lp.cumsum(0)])
     # A boundary only reaches bytes within the longest token; tokens that are not the text break the chain.
     broken = next((k for k, good in enumerate(ok) if not good), len(ok))
-    mass = torch.full((n_out, N_BYTES), -math.inf, dtype=torch.float64)
-    leak = torch.full((n_out,), -math.inf, dtype=torch.float64)  # log of the leaked mass
+    mass = torch.full((n_out, N_OUTCOMES), -math.inf, dtype=torch.float64)  # log P(x[:i] + outcome)
     present = torch.zeros(n_out, dtype=torch.bool)
     for k_pos, (a, b) in enumerate(zip(starts, ends, strict=True)):
         if k_pos <= broken and b > lo_byte and a < hi_byte and ok[k_pos]:
@@ -151,22 +156,22 @@ def next_byte_logprobs(
         cum = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.float64), probs.cumsum(1)], dim=1)
         for r, k in enumerate(chunk):
             canonical = (ends[k], float(token_lp[k].exp()))
-            _walk(vocab, cum[r], float(before[k]), canonical, text, starts[k], (lo_byte, hi_byte), mass, leak)
-    total = torch.logsumexp(mass, dim=-1, keepdim=True)
+            _walk(vocab, cum[r], float(before[k]), canonical, text, starts[k], (lo_byte, hi_byte), mass)
+    total = torch.logsumexp(mass, dim=-1, keepdim=True)  # log P(x[:i])
     log_probs = torch.where(present[:, None], (mass - total).clamp_min(LOG_FLOOR), torch.zeros(()))
-    share = torch.where(torch.isfinite(leak), (leak - torch.logaddexp(leak, total[:, 0])).exp(), torch.zeros(()))
-    return ByteReading(log_probs.float(), present & torch.isfinite(total[:, 0]), share)
+    return ByteReading(log_probs.float(), present & torch.isfinite(total[:, 0]))
 
 
 def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: tuple[int, float], text: bytes,
-          start: int, span: tuple[int, int], mass: torch.Tensor, leak: torch.Tensor) -> None:
-    """Add boundary ``start``'s covers to the next-byte masses of the bytes it reaches.
+          start: int, span: tuple[int, int], mass: torch.Tensor) -> None:
+    """Add boundary ``start``'s covers to the outcome masses of the bytes it reaches.
 
     At depth ``d`` (byte ``start + d``) the range holds the tokens whose surface starts with
     ``text[start : start + d]``; split by their byte ``d``, the blocks' masses times ``P(c_1..c_k)`` are
-    this boundary's share of the next-byte masses there. The walk follows the text's own byte until no
-    token continues it. ``canonical`` is (end byte, probability) of the member's own next token, which
-    is continued by the next boundary and so is not leaked where it ends."""
+    this boundary's share of the next-byte masses there. Tokens that end exactly at depth ``d > 0`` go to
+    ``OTHER``, except the member's own next token (``canonical``: its end byte and probability), which the
+    next boundary continues; at depth 0 the row's mass outside the text tokens (end of text, specials,
+    padded ids) goes to ``OTHER``. The walk follows the text's own byte until no token continues it."""
     lo_byte, hi_byte = span
     lo, hi = 0, len(vocab.order)
     d = 0
@@ -175,10 +180,12 @@ def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: t
         i = start + d
         if i >= lo_byte:
             block = (cum[cuts[1:]] - cum[cuts[:-1]]).clamp_min(0.0)  # [256]
-            mass[i - lo_byte] = torch.logaddexp(mass[i - lo_byte], block.log() + log_before)
-            ended = float(cum[cuts[0]] - cum[lo]) - (canonical[1] if i == canonical[0] else 0.0)
-            if ended > 0:
-                leak[i - lo_byte] = float(np.logaddexp(float(leak[i - lo_byte]), math.log(ended) + log_before))
+            if d == 0:
+                other = max(0.0, 1.0 - float(cum[-1]))
+            else:
+                other = max(0.0, float(cum[cuts[0]] - cum[lo]) - (canonical[1] if i == canonical[0] else 0.0))
+            outcome = torch.cat([block, block.new_tensor([other])]).log() + log_before
+            mass[i - lo_byte] = torch.logaddexp(mass[i - lo_byte], outcome)
         byte = text[i]
         lo, hi = int(cuts[byte]), int(cuts[byte + 1])
         d += 1

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmfuse.ensemble.bytelevel import ByteReading, SortedVocab, next_byte_logprobs
+from lmfuse.ensemble.bytelevel import N_OUTCOMES, ByteReading, SortedVocab, next_byte_logprobs
 from lmfuse.ensemble.fusion import FUSIONS, fill_holes
 from lmfuse.ensemble.preimages import Preimages
 from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
@@ -248,7 +248,8 @@ class Pack:
     def byte_problem(self, text: str, runs: Sequence[TextRun], span: tuple[int, int],
                      nll: torch.Tensor) -> WeightProblem:
         """Every member's next-byte distributions at bytes ``span`` of ``text`` as a `WeightProblem`
-        (``log_probs [K, T, 256]``, ``targets`` the text's bytes): the fused-NLL objective per byte."""
+        (``log_probs [K, T, 257]``: the 256 bytes and ``OTHER``; ``targets`` the text's bytes): the fused-NLL
+        objective per byte."""
         readings = [self.read_bytes(k, run, text, span) for k, run in enumerate(runs)]
         data = text.encode("utf-8")[span[0] : span[1]]
         return WeightProblem(nll=nll, log_probs=torch.stack([r.log_probs for r in readings]),
@@ -313,7 +314,7 @@ def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]
 
     The weights are renormalised over the members present at each byte; where every present member has
     weight 0 they are equal over the present members (as in the fit's objective), and a byte no member
-    can read gets 1/256."""
+    can read gets 1/257 (uniform over the outcomes)."""
     assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
     rule = FUSIONS.get(problem.fusion)
     present = problem.present
@@ -325,7 +326,7 @@ def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]
         fallback = present / present.sum(0, keepdim=True).clamp_min(1)
         ww = torch.where(total > 0, ww / total.clamp_min(1e-30), fallback)
         fused = rule(problem.log_probs, ww).gather(-1, problem.targets[:, None])[:, 0]
-        out[name] = torch.where(anyone, fused, torch.full((), -math.log(256.0)))
+        out[name] = torch.where(anyone, fused, torch.full((), -math.log(float(N_OUTCOMES))))
     return out
 
 
