@@ -27,19 +27,21 @@ TEXTS = ["The cat sat on the mat.", "Ünïcödé 日本語 😀 fin", "def f(x):
 EXACT = ("bytebpe", "sentencepiece")  # the toy families whose tokens spell the text (WordPiece does not)
 
 
-def reading(member: Member, text: str, span: tuple[int, int] | None = None) -> Any:
+def reading(member: Member, text: str, span: tuple[int, int] | None = None, boundary_at_end: bool = True) -> Any:
     run = read_text(member, text)
     table = token_table(member.tokenizer)
     data = text.encode()
     first = len(text[: run.offsets[0][0]].encode())
     return run, next_byte_logprobs(SortedVocab.of(table, member.logits_width), run.rows, run.ids,
-                                   [table.surface[i] for i in run.ids], data, first, span or (first, len(data)))
+                                   [table.surface[i] for i in run.ids], data, first, span or (first, len(data)),
+                                   boundary_at_end)
 
 
-def brute_force_prefix(member: Member, text: str, prefix: bytes) -> float:
+def brute_force_prefix(member: Member, text: str, prefix: bytes, ending: bool = False) -> float:
     """P(the text starts with ``prefix``), summed token by token over the covers the module docstring
     defines (every boundary of the member's own tokens of ``text`` before the prefix's end, every
-    vocabulary id whose surface continues the prefix there), with no sorting and no cumulative sums."""
+    vocabulary id whose surface continues the prefix there), with no sorting and no cumulative sums.
+    ``ending``: only the covers whose last token ends exactly at the prefix's end."""
     if not prefix:
         return 1.0
     run = read_text(member, text)
@@ -53,7 +55,8 @@ def brute_force_prefix(member: Member, text: str, prefix: bytes) -> float:
         row = run.rows[k].double().exp()
         for t in range(min(table.size, member.logits_width)):
             s = table.surface[t]
-            if table.kind[t] in (0, 1) and s[: len(rest)] == rest and len(s) >= len(rest):
+            if table.kind[t] in (0, 1) and s[: len(rest)] == rest and (len(s) == len(rest) if ending else
+                                                                       len(s) >= len(rest)):
                 total += float(row[t]) * math.exp(log_before)
         log_before += float(run.rows[k, token])
         start += len(table.surface[token])
@@ -65,7 +68,7 @@ def brute_force_prefix(member: Member, text: str, prefix: bytes) -> float:
 def test_next_byte_distribution_equals_a_brute_force_sum_over_covers(
         toy_members: dict[str, Member], family: str, text: str) -> None:
     member = toy_members[family]
-    _, got = reading(member, text)
+    _, got = reading(member, text, boundary_at_end=False)
     data = text.encode()
     for i in range(len(data)):
         before = brute_force_prefix(member, text, data[:i])
@@ -115,15 +118,18 @@ def test_a_lossy_tokenizer_abstains_instead_of_inventing_text(toy_members: dict[
 def test_text_logprob_of_the_members_byte_models_is_their_prefix_probability(
         toy_members: dict[str, Member]) -> None:
     """Over a whole text the next-byte log-probs add up to the member's probability of the text as a byte
-    prefix: its own token log-likelihood (one cover) plus the other covers' mass, never less."""
+    prefix, or (``boundary_at_end``, how a member scores a text alone) of the text with a token boundary
+    at its end: its own token log-likelihood (one cover) plus the other covers' mass, never less."""
     for family in EXACT:
         member = toy_members[family]
         for text in TEXTS[:2]:
-            run, got = reading(member, text)
             data = text.encode()
-            byte_total = float(got.log_probs.gather(-1, torch.as_tensor(list(data))[:, None]).sum())
-            assert byte_total == pytest.approx(math.log(brute_force_prefix(member, text, data)), abs=1e-3)
-            assert byte_total >= float(run.token_logprobs.sum()) - 1e-4
+            for ending in (False, True):
+                run, got = reading(member, text, boundary_at_end=ending)
+                byte_total = float(got.log_probs.gather(-1, torch.as_tensor(list(data))[:, None]).sum())
+                want = math.log(brute_force_prefix(member, text, data, ending=ending))
+                assert byte_total == pytest.approx(want, abs=1e-3), (family, text, ending)
+                assert byte_total >= float(run.token_logprobs.sum()) - 1e-4  # its own tokens are one cover
 
 
 def one_hot_pack(members: list[Member], target: int, fusion: str) -> Pack:

@@ -127,8 +127,13 @@ def next_byte_logprobs(
     text: bytes,
     first: int,
     span: tuple[int, int],
+    boundary_at_end: bool = True,
 ) -> ByteReading:
     """The member's next-byte distributions at bytes ``span[0] .. span[1]-1`` of ``text``.
+
+    ``boundary_at_end``: the scored text ends at ``span[1]`` with a token boundary, as when the member
+    scores it alone (a chunk, a continuation): the last byte counts only the covers whose last token ends
+    exactly there, and the mass of the tokens that run on past the end goes to ``OTHER``.
 
     ``rows[k]`` (``[n, V]`` log-probs) is the member's distribution of its token ``ids[k]`` given the
     tokens before it; the tokens' ``surfaces`` spell ``text`` from byte ``first`` on (checked; where they do
@@ -144,6 +149,7 @@ def next_byte_logprobs(
     # A boundary only reaches bytes within the longest token; tokens that are not the text break the chain.
     broken = next((k for k, good in enumerate(ok) if not good), len(ok))
     mass = torch.full((n_out, N_OUTCOMES), -math.inf, dtype=torch.float64)  # log P(x[:i] + outcome)
+    ending = torch.full((), -math.inf, dtype=torch.float64)  # log P(x[:span[1]], a boundary right after)
     present = torch.zeros(n_out, dtype=torch.bool)
     for k_pos, (a, b) in enumerate(zip(starts, ends, strict=True)):
         if k_pos <= broken and b > lo_byte and a < hi_byte and ok[k_pos]:
@@ -156,14 +162,22 @@ def next_byte_logprobs(
         cum = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.float64), probs.cumsum(1)], dim=1)
         for r, k in enumerate(chunk):
             canonical = (ends[k], float(token_lp[k].exp()))
-            _walk(vocab, cum[r], float(before[k]), canonical, text, starts[k], (lo_byte, hi_byte), mass)
+            ending = torch.logaddexp(ending, _walk(vocab, cum[r], float(before[k]), canonical, text, starts[k],
+                                                   (lo_byte, hi_byte), mass))
+    if boundary_at_end and n_out:
+        last, byte = n_out - 1, text[hi_byte - 1]
+        through = mass[last, byte]  # every cover of the last byte; only those ending there are the event
+        run_on = through + torch.log1p(-torch.exp(ending - through).clamp(max=1.0)) if bool(torch.isfinite(
+            through)) else through
+        mass[last, OTHER] = torch.logaddexp(mass[last, OTHER], run_on)
+        mass[last, byte] = ending
     total = torch.logsumexp(mass, dim=-1, keepdim=True)  # log P(x[:i])
     log_probs = torch.where(present[:, None], (mass - total).clamp_min(LOG_FLOOR), torch.zeros(()))
     return ByteReading(log_probs.float(), present & torch.isfinite(total[:, 0]))
 
 
 def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: tuple[int, float], text: bytes,
-          start: int, span: tuple[int, int], mass: torch.Tensor) -> None:
+          start: int, span: tuple[int, int], mass: torch.Tensor) -> torch.Tensor:
     """Add boundary ``start``'s covers to the outcome masses of the bytes it reaches.
 
     At depth ``d`` (byte ``start + d``) the range holds the tokens whose surface starts with
@@ -171,7 +185,8 @@ def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: t
     this boundary's share of the next-byte masses there. Tokens that end exactly at depth ``d > 0`` go to
     ``OTHER``, except the member's own next token (``canonical``: its end byte and probability), which the
     next boundary continues; at depth 0 the row's mass outside the text tokens (end of text, specials,
-    padded ids) goes to ``OTHER``. The walk follows the text's own byte until no token continues it."""
+    padded ids) goes to ``OTHER``. The walk follows the text's own byte until no token continues it.
+    Returns the log-mass of this boundary's covers whose last token ends exactly at ``span[1]``."""
     lo_byte, hi_byte = span
     lo, hi = 0, len(vocab.order)
     d = 0
@@ -189,3 +204,8 @@ def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: t
         byte = text[i]
         lo, hi = int(cuts[byte]), int(cuts[byte + 1])
         d += 1
+    if lo < hi and start + d == hi_byte and d > 0:  # the tokens spelling exactly text[start:span end]
+        exact = float(cum[vocab.children(lo, hi, d)[0]] - cum[lo])
+        if exact > 0:
+            return torch.tensor(math.log(exact) + log_before, dtype=torch.float64)
+    return torch.tensor(-math.inf, dtype=torch.float64)
