@@ -158,6 +158,27 @@ def test_evaluation_records_each_strategys_member_weights_per_example(
     assert "| inline | 0.33 / 0.33 / 0.33 |" in report
 
 
+def test_causal_text_scores_fit_the_weights_on_the_chunk_before(toy_members: dict[str, Member]) -> None:
+    """``fit_on="preceding"``: chunk j is scored with the weights `pack.weights` gives chunk j-1, the first
+    chunk (nothing before it) is not scored, and the members' columns do not change."""
+    members = [toy_members["bytebpe"], toy_members["sentencepiece"]]
+    chunks = ["The quick brown fox jumps over the lazy dog. ", "def add(a, b):\n    return a + b\n",
+              "Numbers: 0 1 2 3 42 and more words here."]
+    text = TextTask("text", "test", chunks)
+    pack = Pack(members, weighting="packllm-opt")
+    scorer = pack_scorer(pack, ["packllm-opt"])
+    causal = evaluate(scorer, [text], fit_on="preceding").tasks[0]
+    plain = evaluate(scorer, [text]).tasks[0]
+    assert causal.indices == [1, 2] and plain.indices == [0, 1, 2]
+    weights = causal.weights("pack[packllm-opt]")
+    for row, i in enumerate(causal.indices):
+        assert [weights[m][row] for m in pack.names] == pytest.approx(pack.weights(chunks[i - 1]).weights, abs=1e-6)
+    for m in pack.names:
+        assert causal.per_example[m]["logprob"] == pytest.approx(plain.per_example[m]["logprob"][1:], abs=1e-6)
+    with pytest.raises(InputError, match="none to score with weights fitted on a preceding one"):
+        evaluate(scorer, [TextTask("one", "test", chunks[:1])], fit_on="preceding")
+
+
 def test_sampling_is_reproducible_and_stop_strings_cut(toy_members: dict[str, Member]) -> None:
     pack = Pack([toy_members["bytebpe"], toy_members["sentencepiece"]], weighting="uniform")
     a = pack.generate(["The quick"], max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
                             "alone, e.g. packllm-opt,packllm-sim,uniform,top1,joint-eg (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
+    fused.add_argument("--fit-on", default="text", choices=("text", "preceding"),
+                       help="text tasks: fit the fused weights on each chunk itself (PackLLM's set-up, the default) "
+                            "or on the chunk before it (causal, what generation gets; the first chunk is not scored)")
     fused.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                        help="NLL normalisation for weights and the seed member (default: %(default)s)")
     parser.add_argument("--window", type=int, default=2048, help="rolling-window tokens for bits per byte")
@@ -122,7 +125,8 @@ def command_line(args: argparse.Namespace) -> str:
     if args.data_dir is not None:
         argv += ["--data-dir", str(args.data_dir)]
     if args.weighting:
-        argv += ["--weighting", args.weighting, "--fusion", args.fusion, "--nll-norm", args.nll_norm]
+        argv += ["--weighting", args.weighting, "--fusion", args.fusion, "--nll-norm", args.nll_norm,
+                 "--fit-on", args.fit_on]
     argv += ["--shots", str(args.shots), "--seed", str(args.seed), "--window", str(args.window)]
     if args.dtype != "float32":
         argv += ["--dtype", args.dtype]
@@ -193,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                 "data_dir": data_dir.describe() if data_dir else None, "data_precedence": PRECEDENCE}
     results = evaluate(
         scorer, tasks, limit=args.limit, shots=args.shots, seed=args.seed, provenance=scorer.provenance(),
-        extra_settings=settings,
+        extra_settings=settings, fit_on=args.fit_on,
         on_task=(lambda partial: write_report(partial, args.out)) if args.out else None, resume=previous,
     )
     if args.out:

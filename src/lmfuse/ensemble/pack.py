@@ -414,17 +414,21 @@ class PackScorer:
                 result[name].append(float(v.sum()))
         return result
 
-    def text_logprob(self, texts: Sequence[str]) -> dict[str, list[float]]:
-        """Whole-text log-probs; the pack's weights are fitted on the text itself (transductively, as
-        PackLLM's language-modelling set-up does: the weights see the text they score)."""
+    def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
+        """Whole-text log-probs. The pack's weights are fitted on the text itself (transductively, as
+        PackLLM's language-modelling set-up does: the weights see the text they score), or, given
+        ``preceding``, on the text before each one (causally, as in generation)."""
         pack = self.pack
         result: dict[str, list[float]] = {name: [] for name in self.systems()}
-        for text in texts:
+        for j, text in enumerate(texts):
             runs = [read_text(m, text, self.window) for m in pack.members]
             for m, r in zip(pack.members, runs, strict=True):
                 result[m.name].append(float(r.token_logprobs.sum()))
             a = pack.analyse(text, runs)
-            weights = self._weights(a)
+            if preceding is not None and preceding[j]:
+                weights = self._weights(pack.analyse(preceding[j][-4 * pack.fit_bytes:]))
+            else:
+                weights = self._weights(a)
             problem = pack.byte_problem(text, runs, (0, len(text.encode("utf-8"))), a.nll)
             for name, v in fused_byte_logprobs(problem, weights).items():
                 result[name].append(float(v.sum()))

@@ -31,8 +31,8 @@ class CombinedScorer:
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         return {k: v for scorer in self.scorers for k, v in scorer.loglikelihood(context, continuations).items()}
 
-    def text_logprob(self, texts: Sequence[str]) -> dict[str, list[float]]:
-        return {k: v for scorer in self.scorers for k, v in scorer.text_logprob(texts).items()}
+    def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
+        return {k: v for scorer in self.scorers for k, v in scorer.text_logprob(texts, preceding).items()}
 
     def last_weights(self) -> dict[str, dict[str, float]]:
         return {k: v for scorer in self.scorers if isinstance(scorer, ExplainsWeights)

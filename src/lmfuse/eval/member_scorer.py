@@ -48,7 +48,7 @@ class MemberScorer:
         return {m.name: {"source": m.source, "dtype": str(m.dtype).removeprefix("torch."),
                          "context_length": m.context_length, **m.info}}
 
-    def text_logprob(self, texts: Sequence[str]) -> dict[str, list[float]]:
+    def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
         out = []
         for text in texts:
             ids = self.member.encode(text).ids

@@ -83,14 +83,16 @@ class Results:
                                    "remove it or choose another --out") from None
 
 
-RESUME_KEYS = ("limit", "shots", "seed", "systems", "models")
+RESUME_KEYS = ("limit", "shots", "seed", "systems", "models", "fit_on")
+FIT_ON = ("text", "preceding")
 
 
 def finished_tasks(previous: Results, settings: dict[str, Any]) -> dict[str, TaskResult]:
     """The tasks of an earlier run that this run may reuse, by name; the runs must agree on every
     setting that changes a task's outcome (``RESUME_KEYS``), else an ``InputError`` names the
     differences."""
-    diff = [k for k in RESUME_KEYS if previous.settings.get(k) != settings.get(k)]
+    before = {"fit_on": "text"}  # results written before the setting existed fitted on the text
+    diff = [k for k in RESUME_KEYS if previous.settings.get(k, before.get(k)) != settings.get(k)]
     if diff:
         detail = "; ".join(f"{k}: {previous.settings.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
         raise InputError(f"cannot resume: the earlier run differs in {detail}; use another --out or drop --resume")
@@ -149,6 +151,7 @@ def evaluate(
     on_task: Callable[[Results], object] | None = None,
     resume: Results | None = None,
     data_dir: DataDir | None = None,
+    fit_on: str = "text",
 ) -> Results:
     """Evaluate every system of ``scorer`` on ``tasks`` (names or loaded tasks).
 
@@ -156,8 +159,12 @@ def evaluate(
     demonstrations precede each MC query, drawn per example with the same seed. ``on_task`` sees
     the partial results after each task (the CLI writes them, so a long run that is stopped keeps
     the tasks it finished); given those partial results as ``resume``, a rerun skips the finished
-    tasks (see ``finished_tasks`` for when that is allowed).
+    tasks (see ``finished_tasks`` for when that is allowed). ``fit_on="preceding"`` scores each text
+    chunk with weights fitted on the chunk before it (causal bits per byte; the first chunk, which has
+    none, is not scored); ``"text"`` fits them on the chunk itself (PackLLM's set-up).
     """
+    if fit_on not in FIT_ON:
+        raise InputError(f"fit_on must be one of {', '.join(FIT_ON)}, got {fit_on!r}")
     loaded = [
         t if not isinstance(t, str) else load_task(t, bigbench_root=bigbench_root, shakespeare_root=shakespeare_root,
                                                    data_dir=data_dir)
@@ -170,6 +177,7 @@ def evaluate(
         "shots": shots,
         "seed": seed,
         "systems": scorer.systems(),
+        "fit_on": fit_on,
         "models": provenance or {},
         "lmfuse_version": _version("lmfuse"),
         "torch_version": _version("torch"),
@@ -191,7 +199,7 @@ def evaluate(
         if isinstance(task, MCTask):
             outcome = _run_mc(scorer, task, limit, shots, seed)
         else:
-            outcome = _run_text(scorer, task, limit, seed)
+            outcome = _run_text(scorer, task, limit, seed, fit_on)
         outcome.seconds = round(time.perf_counter() - t0, 2)
         results.tasks.append(outcome)
         results.settings["wall_seconds"] = round(time.time() - started + earlier, 1)
@@ -235,14 +243,17 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
     )
 
 
-def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int) -> TaskResult:
-    indices = metrics.sample_indices(len(task.chunks), limit, seed)
+def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int, fit_on: str) -> TaskResult:
+    skip = 1 if fit_on == "preceding" else 0  # the first chunk has no text before it to fit on
+    if len(task.chunks) <= skip:
+        raise InputError(f"task {task.name}: one chunk only, none to score with weights fitted on a preceding one")
+    indices = [i + skip for i in metrics.sample_indices(len(task.chunks) - skip, limit, seed)]
     chunks = [task.chunks[i] for i in indices]
     n_bytes = [float(metrics.utf8_len(c)) for c in chunks]
     systems = scorer.systems()
     per: dict[str, dict[str, list[float]]] = {s: {"logprob": [], "bytes": n_bytes} for s in systems}
-    for chunk in tqdm(chunks, desc=task.name, unit="chunk", leave=False):
-        scores = scorer.text_logprob([chunk])
+    for i, chunk in zip(tqdm(indices, desc=task.name, unit="chunk", leave=False), chunks, strict=True):
+        scores = scorer.text_logprob([chunk], [task.chunks[i - 1]] if skip else None)
         _record_weights(scorer, per)
         for system in systems:
             per[system]["logprob"].append(scores[system][0])

@@ -27,8 +27,11 @@ class Scorer(Protocol):
         """
         ...
 
-    def text_logprob(self, texts: Sequence[str]) -> dict[str, list[float]]:
-        """Total ``log p(text)`` of each whole text (long texts in rolling windows), per system."""
+    def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
+        """Total ``log p(text)`` of each whole text (long texts in rolling windows), per system.
+
+        ``preceding``: the text before each one. A scorer that fits weights (a pack) fits them there instead
+        of on the text itself, so the score is causal (what generation gets); others ignore it."""
         ...
 
 
