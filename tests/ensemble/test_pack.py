@@ -150,6 +150,9 @@ def test_evaluation_records_each_strategys_member_weights_per_example(
     mc_opt = results.tasks[0].weights("pack[packllm-opt]")
     for i, query in enumerate(queries):
         assert [mc_opt[m][i] for m in pack.names] == pytest.approx(pack.weights(query).weights, abs=1e-6)
+    text_opt = results.tasks[1].weights("pack[packllm-opt]")  # fitted on the chunk's bytes read once for scoring
+    for i, chunk in enumerate(text.chunks):
+        assert [text_opt[m][i] for m in pack.names] == pytest.approx(pack.weights(chunk).weights, abs=1e-6)
     path = tmp_path / "results.json"
     results.save(path)
     assert Results.load(path).tasks[1].weights("pack[packllm-opt]") == results.tasks[1].weights("pack[packllm-opt]")

@@ -309,6 +309,13 @@ class Pack:
                       stop=stop, seed=self.seed if seed is None else seed)
 
 
+def last_positions(problem: WeightProblem, n: int) -> WeightProblem:
+    """The same problem restricted to its last ``n`` positions."""
+    assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
+    return WeightProblem(nll=problem.nll, log_probs=problem.log_probs[:, -n:], targets=problem.targets[-n:],
+                         present=problem.present[:, -n:], fusion=problem.fusion)
+
+
 def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``[T]`` fused log-prob of each target byte of ``problem``, per weight vector.
 
@@ -359,12 +366,14 @@ class PackScorer:
                                  "weights_fitted_on": "the context (prompt) only"}
         return out
 
-    def _weights(self, a: Analysis) -> dict[str, torch.Tensor]:
+    def _weights(self, a: Analysis, whole: WeightProblem | None = None) -> dict[str, torch.Tensor]:
+        """Each strategy's weights fitted on ``a``; ``whole``: the byte problem of all of ``a``'s text,
+        already read for scoring, whose last ``fit_bytes`` are the fit's (read once, not twice)."""
         problem: WeightProblem | None = None
         out = {}
         for name in self.weightings:
             if name in ("packllm-opt", "joint-eg") and problem is None and len(self.pack.members) > 1:
-                problem = self.pack.problem(a)
+                problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
             out[f"pack[{name}]"] = self.pack.fit(a, name, problem)[0]
         return self._remember(out)
 
@@ -425,11 +434,11 @@ class PackScorer:
             for m, r in zip(pack.members, runs, strict=True):
                 result[m.name].append(float(r.token_logprobs.sum()))
             a = pack.analyse(text, runs)
+            problem = pack.byte_problem(text, runs, (0, len(text.encode("utf-8"))), a.nll)
             if preceding is not None and preceding[j]:
                 weights = self._weights(pack.analyse(preceding[j][-4 * pack.fit_bytes:]))
             else:
-                weights = self._weights(a)
-            problem = pack.byte_problem(text, runs, (0, len(text.encode("utf-8"))), a.nll)
+                weights = self._weights(a, problem)
             for name, v in fused_byte_logprobs(problem, weights).items():
                 result[name].append(float(v.sum()))
         return result
