@@ -11,8 +11,9 @@ fuses next-byte distributions. Prints, with the baseline measured in the same ru
             and B's mean mass on OTHER along the text (covers through boundaries its tokenization lacks);
 * bounds    random weight vectors, product and mixture: fused bits per byte against the weighted average of
             the members' (every pool must be at or below it);
-* cost      scoring a text with the pack (forward passes + byte readings + fusion) against the members'
-            forward passes alone, and the byte readings' share.
+* cost      scoring texts and a multiple-choice example with the pack against the members' forward passes
+            alone; run the same part on an older checkout (``PYTHONPATH=<its src>``) for the before/after
+            ratio (goal: at most 1.3x).
 
 The texts are written here (one or two per kind, ~300-900 bytes each), plus slices of the stdlib and of
 Hamlet when `lmfuse zoo fetch --data` has run. They are not the held-out texts of any issue.
@@ -142,23 +143,33 @@ def bounds(pack: Pack, texts: dict[str, list[str]], draws: int, seed: int) -> No
         print(f"| {fusion} | {draws} | {worst:+.4f} | {bad} |")
 
 
-def cost(pack: Pack, texts: dict[str, list[str]]) -> None:
+CONTEXT = ("Question: Which of these sentences uses the adjective order a native English speaker would use?\n"
+           "(A) a lovely little old rectangular green French silver whittling knife\n"
+           "(B) a green French lovely rectangular little old silver whittling knife\nAnswer:")
+OPTIONS = [" (A)", " (B)", " both of them", " neither"]
+
+
+def cost(pack: Pack, texts: dict[str, list[str]], repeats: int) -> None:
+    """Wall time of pack scoring (text and multiple choice, packllm-opt + uniform) against the members'
+    forward passes over the same texts. Runs unchanged on an older lmfuse (``PYTHONPATH=<its src>``) for a
+    before/after ratio on the same machine."""
     flat = [t for items in texts.values() for t in items]
     t0 = time.perf_counter()
-    runs = {t: [read_text(m, t) for m in pack.members] for t in flat}
-    forward = time.perf_counter() - t0
-    t0 = time.perf_counter()
     for t in flat:
-        for k, run in enumerate(runs[t]):
-            pack.read_bytes(k, run, t, (0, len(t.encode())))
-    reading = time.perf_counter() - t0
-    scorer = pack_scorer(pack, ["uniform", "packllm-opt"])
+        for m in pack.members:
+            read_text(m, t)
+    forward = time.perf_counter() - t0
+    scorer = pack_scorer(pack, ["packllm-opt", "uniform"])
     t0 = time.perf_counter()
     scorer.text_logprob(flat)
-    whole = time.perf_counter() - t0
-    print("| members' forward passes | byte readings | pack scoring (2 strategies) | ratio to forward |")
+    text_time = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        scorer.loglikelihood(CONTEXT, OPTIONS)
+    mc_time = (time.perf_counter() - t0) / repeats
+    print("| members' forward passes (texts) | pack text scoring | ratio | pack MC scoring, s/example |")
     print("|---:|---:|---:|---:|")
-    print(f"| {forward:.2f} s | {reading:.2f} s | {whole:.2f} s | {whole / forward:.2f}x |")
+    print(f"| {forward:.2f} s | {text_time:.2f} s | {text_time / forward:.2f}x | {mc_time:.2f} |")
 
 
 def main() -> None:
@@ -168,6 +179,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1, help="extra stdlib / Hamlet slices per kind")
     parser.add_argument("--draws", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="multiple-choice examples timed (cost)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     pack = Pack([load_member(name) for name in args.members.split(",")])
@@ -178,7 +190,7 @@ def main() -> None:
     if "bounds" in parts:
         bounds(pack, texts, args.draws, args.seed)
     if "cost" in parts:
-        cost(pack, texts)
+        cost(pack, texts, args.repeats)
 
 
 if __name__ == "__main__":
