@@ -57,14 +57,15 @@ class SortedVocab:
     """A member's text tokens (normal and byte tokens, ids below its logits width) in lexicographic
     order of their surface bytes.
 
-    ``order[j]``: the id at sorted position ``j``. ``codes[j, d]``: 1 + byte ``d`` of that token's
-    surface, 0 past its end; a row is sorted lexicographically with "ended" before every byte, so the
-    tokens that share a prefix of length ``d`` and continue with byte ``b`` form one contiguous block
-    ordered by ``codes[:, d]``.
+    ``order[j]``: the id at sorted position ``j``. ``columns[d, j]``: 1 + byte ``d`` of that token's
+    surface, 0 past its end (one contiguous row per depth); sorted lexicographically with "ended" before
+    every byte, so the tokens that share a prefix of length ``d`` and continue with byte ``b`` form one
+    contiguous block ordered by ``columns[d]``.
     """
 
     order: torch.Tensor  # [V'] int64
-    codes: np.ndarray  # [V', L] uint16
+    columns: np.ndarray  # [L + 1, V'] uint16
+    root: np.ndarray  # [257] the depth-0 split of the whole vocabulary (every boundary starts there)
 
     @classmethod
     def of(cls, table: TokenTable, width: int) -> SortedVocab:
@@ -72,21 +73,36 @@ class SortedVocab:
                if table.kind[i] in (NORMAL, BYTE) and table.surface[i]]
         ids.sort(key=lambda i: table.surface[i])
         longest = max((len(table.surface[i]) for i in ids), default=1)
-        codes = np.zeros((len(ids), longest + 1), dtype=np.uint16)  # one spare column: "ended"
+        columns = np.zeros((longest + 1, len(ids)), dtype=np.uint16)  # one spare depth: "ended"
         for j, i in enumerate(ids):
             s = table.surface[i]
-            codes[j, : len(s)] = np.frombuffer(s, dtype=np.uint8).astype(np.uint16) + 1
-        return cls(torch.as_tensor(ids, dtype=torch.long), codes)
+            columns[: len(s), j] = np.frombuffer(s, dtype=np.uint8).astype(np.uint16) + 1
+        root = np.searchsorted(columns[0], np.arange(1, N_BYTES + 2), side="left")
+        return cls(torch.as_tensor(ids, dtype=torch.long), columns, root)
 
     @property
     def depth(self) -> int:
-        return self.codes.shape[1] - 1
+        return self.columns.shape[0] - 1
+
+    def reaches(self, text: bytes, start: int, end: int) -> bool:
+        """Whether some token's surface starts with ``text[start:end]``: only then can a boundary at
+        ``start`` still cover byte ``end``."""
+        lo, hi = 0, len(self.order)
+        for d in range(end - start):
+            split = self.children(lo, hi, d)
+            lo, hi = int(split[text[start + d]]), int(split[text[start + d] + 1])
+            if lo >= hi:
+                return False
+        return True
 
     def children(self, lo: int, hi: int, d: int) -> np.ndarray:
         """``[257]`` sorted positions splitting ``[lo, hi)`` (tokens sharing ``d`` bytes) by byte ``d``:
         byte ``b``'s block is ``[out[b], out[b+1])``; ``[lo, out[0])`` is the tokens that end at ``d``."""
-        col = self.codes[lo:hi, d] if d < self.codes.shape[1] else np.zeros(hi - lo, dtype=np.uint16)
-        return lo + np.searchsorted(col, np.arange(1, N_BYTES + 2), side="left")
+        if d == 0:
+            return self.root
+        if d >= self.columns.shape[0]:
+            return np.full(N_BYTES + 1, hi)
+        return lo + np.searchsorted(self.columns[d, lo:hi], np.arange(1, N_BYTES + 2), side="left")
 
 
 @dataclass
@@ -154,12 +170,15 @@ def next_byte_logprobs(
     for k_pos, (a, b) in enumerate(zip(starts, ends, strict=True)):
         if k_pos <= broken and b > lo_byte and a < hi_byte and ok[k_pos]:
             present[max(a, lo_byte) - lo_byte : min(b, hi_byte) - lo_byte] = True
+    # Only boundaries whose tokens can still spell the text up to the span contribute (a text-only walk,
+    # so a continuation's long context costs no row of its own).
     useful = [k for k in range(min(broken + 1, len(starts)))
-              if starts[k] < hi_byte and starts[k] + vocab.depth >= lo_byte]
+              if starts[k] < hi_byte and starts[k] + vocab.depth >= lo_byte and vocab.reaches(text, starts[k], lo_byte)]
     for c0 in range(0, len(useful), ROW_CHUNK):
         chunk = useful[c0 : c0 + ROW_CHUNK]
-        probs = rows[chunk][:, vocab.order].double().exp()  # [c, V'] in sorted order
-        cum = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.float64), probs.cumsum(1)], dim=1)
+        probs = rows[chunk].index_select(1, vocab.order).to(torch.float64).exp_()  # [c, V'] in sorted order
+        cum = torch.zeros(len(chunk), probs.shape[1] + 1, dtype=torch.float64)  # cum[:, j] = mass before j
+        torch.cumsum(probs, 1, out=cum[:, 1:])
         for r, k in enumerate(chunk):
             canonical = (ends[k], float(token_lp[k].exp()))
             ending = torch.logaddexp(ending, _walk(vocab, cum[r], float(before[k]), canonical, text, starts[k],
@@ -194,12 +213,14 @@ def _walk(vocab: SortedVocab, cum: torch.Tensor, log_before: float, canonical: t
         cuts = vocab.children(lo, hi, d)
         i = start + d
         if i >= lo_byte:
-            block = (cum[cuts[1:]] - cum[cuts[:-1]]).clamp_min(0.0)  # [256]
+            at = cum[cuts]  # [257]
+            outcome = torch.empty(N_OUTCOMES, dtype=torch.float64)
+            outcome[:N_BYTES] = (at[1:] - at[:-1]).clamp_min(0.0)
             if d == 0:
-                other = max(0.0, 1.0 - float(cum[-1]))
+                outcome[OTHER] = max(0.0, 1.0 - float(cum[-1]))
             else:
-                other = max(0.0, float(cum[cuts[0]] - cum[lo]) - (canonical[1] if i == canonical[0] else 0.0))
-            outcome = torch.cat([block, block.new_tensor([other])]).log() + log_before
+                outcome[OTHER] = max(0.0, float(at[0] - cum[lo]) - (canonical[1] if i == canonical[0] else 0.0))
+            outcome = outcome.log() + log_before
             mass[i - lo_byte] = torch.logaddexp(mass[i - lo_byte], outcome)
         byte = text[i]
         lo, hi = int(cuts[byte]), int(cuts[byte + 1])
