@@ -253,7 +253,8 @@ def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int, fit_
     systems = scorer.systems()
     per: dict[str, dict[str, list[float]]] = {s: {"logprob": [], "bytes": n_bytes} for s in systems}
     for i, chunk in zip(tqdm(indices, desc=task.name, unit="chunk", leave=False), chunks, strict=True):
-        scores = scorer.text_logprob([chunk], [task.chunks[i - 1]] if skip else None)
+        # Scorers that fit nothing need not take ``preceding``: it is passed only when it is used.
+        scores = scorer.text_logprob([chunk], [task.chunks[i - 1]]) if skip else scorer.text_logprob([chunk])
         _record_weights(scorer, per)
         for system in systems:
             per[system]["logprob"].append(scores[system][0])
