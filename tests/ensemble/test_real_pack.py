@@ -57,3 +57,26 @@ def test_fused_code_does_not_loop_on_blank_indented_lines(weighting: str) -> Non
     assert gen.weights.seed == "gemma3"
     assert "\n    \n    \n" not in gen.text, gen.text
     assert gen.text.count("return") >= 1, gen.text
+
+
+EXACT_TEXTS = [
+    "When the river froze that winter, the children learned to skate below the mill. Größere Städte, 日本語 😀.",
+    "def get(self, key: str) -> int | None:\n    if key not in self._data:\n        return None\n\n\treturn 42\n",
+]
+
+
+def test_one_hot_pack_scores_each_real_member_exactly_whatever_the_others() -> None:
+    """All weight on member B, the others present: the pack's log-prob of a text is B's own (its token
+    log-likelihood, as it scores the text alone) within 0.5%, for every member and every kind of text here
+    (the full sweep over kinds and ordered pairs is `benchmarks/exact.py --parts fidelity`)."""
+    from lmfuse.ensemble import pack_scorer
+    from lmfuse.eval.member_scorer import MemberScorer
+
+    members = [load(name) for name in ("smollm2", "gemma3", "qwen-coder")]
+    for b, member in enumerate(members):
+        weights = [1.0 if k == b else 0.0 for k in range(len(members))]
+        pack = Pack(members, weighting="fixed", options=WeightOptions(fixed=weights))
+        fused = pack_scorer(pack, ["fixed"]).text_logprob(EXACT_TEXTS)["pack[fixed]"]
+        own = MemberScorer(member).text_logprob(EXACT_TEXTS)[member.name]
+        for text, f, o in zip(EXACT_TEXTS, fused, own, strict=True):
+            assert abs(f - o) <= 0.005 * abs(o), (member.name, text[:30], f, o)
