@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmfuse.errors import CorruptFileError
 from lmfuse.fuse import store
 from lmfuse.fuse.train import train
 from lmfuse.models.load import load_member
@@ -87,6 +88,48 @@ def test_train_resumes_after_a_crash_to_the_same_model(prepared, tmp_path: Path)
     log_a = (tmp_path / "a/train_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b/train_log.jsonl").read_text().splitlines()
     assert [line.split('"tokens_per_s"')[0] for line in log_a] == [line.split('"tokens_per_s"')[0] for line in log_b]
+
+
+class Payload:
+    """A pickle that runs code when it is loaded: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_never_unpickles_what_a_run_directory_holds(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A payload planted in every pickle file of a checkpoint (accelerate's custom object, random states,
+    optimizer, scheduler) does not run on resume; the run resumes from the step it recorded."""
+    import pickle
+
+    target = prepared.members["bytebpe"]
+    cfg = replace(prepared.recipe.train, max_steps=3, save_every=1)
+
+    def crash(step: int, logs: dict[str, float]) -> None:
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False, on_step=crash)
+    (checkpoint,) = (tmp_path / "run/checkpoints").glob("step-*")
+    assert not list(checkpoint.glob("custom_checkpoint_*.pkl"))  # nothing of ours is pickled
+    marker = tmp_path / "pwned"
+    states = (checkpoint / "random_states_0.pkl").read_bytes()
+    (checkpoint / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CorruptFileError, match=r"custom_checkpoint_0\.pkl, which lmfuse does not write"):
+        train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
+    (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(CorruptFileError, match=r"random states \(random_states_0\.pkl\) cannot be restored"):
+        train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(Payload(marker)))
+    (checkpoint / "random_states_0.pkl").write_bytes(states)
+    with pytest.raises(Exception):  # noqa: B017 - torch's weights-only unpickler refuses it
+        train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
+    assert not marker.exists()
 
 
 def test_finished_stages_are_skipped(prepared) -> None:  # type: ignore[no-untyped-def]

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmfuse.errors import InputError
+from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.fuse import store
 from lmfuse.fuse.losses import IGNORE, fuse_loss
 from lmfuse.fuse.recipe import TrainConfig
@@ -184,14 +184,28 @@ def train(
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, sched.total_steps + 1)
     scheduler.step()
     model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: accelerate's wrapper would step the schedule once per process.
-    accelerator.register_for_checkpointing(scheduler)
+    # The schedule is neither prepared (accelerate's wrapper would step it once per process) nor registered
+    # for checkpointing: accelerate reloads registered objects with a full unpickler
+    # (custom_checkpoint_*.pkl, ``weights_only=False``), so a file planted in a run directory would run
+    # code. The learning rate is a pure function of the step, so a resume re-steps a fresh schedule to it.
     ckpt_dir = out_dir / "checkpoints"
     start = 0
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
+        # accelerate loads the model (safetensors), the optimizer and the random states with
+        # ``weights_only=True``: tensors and plain containers only. lmfuse registers no custom object, so a
+        # custom_checkpoint_*.pkl was planted (or left by an older lmfuse): refuse it, never unpickle it.
+        planted = sorted(p.name for p in last.glob("custom_checkpoint_*"))
+        if planted:
+            raise CorruptFileError(
+                f"cannot resume from {str(last)!r}: it holds {', '.join(planted)}, which lmfuse does not write and "
+                "will not unpickle (loading it could run code); delete the file(s) to resume from this checkpoint"
+            )
+        check_random_states(last, accelerator.process_index)
         accelerator.load_state(str(last))
-        start = json.loads((last / "trainer_state.json").read_text())["step"]
+        start = read_step(last)
+        for _ in range(start):
+            scheduler.step()
     prefix, pad = target.prefix_token_id, target.pad_token_id
     log_path = out_dir / "train_log.jsonl"
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", unit="step",
@@ -263,6 +277,34 @@ def train(
         tmp.rename(final)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_random_states(checkpoint: Path, process: int) -> None:
+    """Refuse a checkpoint whose random states cannot be restored: accelerate would log it at INFO and go
+    on with other random numbers, so the resumed run would silently differ from an uninterrupted one."""
+    from accelerate.utils import load
+
+    path = checkpoint / f"random_states_{process}.pkl"
+    try:
+        load(path)  # weights_only=True: a payload or a garbled file is refused here, never run
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, OSError...
+        raise CorruptFileError(
+            f"cannot resume from {str(checkpoint)!r}: its random states ({path.name}) cannot be restored "
+            f"({type(exc).__name__}); delete the checkpoint to restart training from the beginning"
+        ) from None
+
+
+def read_step(checkpoint: Path) -> int:
+    """The step a checkpoint was saved at (``trainer_state.json``); a missing or garbled file is a clear error."""
+    path = checkpoint / "trainer_state.json"
+    try:
+        step = json.loads(path.read_text(encoding="utf-8"))["step"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"cannot resume from {str(checkpoint)!r}: {path.name} is unreadable ({exc}); "
+                               "remove the checkpoint to restart training") from None
+    if not isinstance(step, int) or step < 0:
+        raise CorruptFileError(f"cannot resume from {str(checkpoint)!r}: step {step!r} in {path.name} is not a step")
+    return step
 
 
 def save_checkpoint(accelerator: Any, ckpt_dir: Path, step: int) -> None:
