@@ -169,3 +169,10 @@ def test_shakespeare_play_names(tmp_path: Path) -> None:
         tasks.shakespeare_path("hamlett", root=tmp_path)
     task = tasks.load_task("shakespeare:hamlet[0:5]", shakespeare_root=tmp_path)
     assert isinstance(task, tasks.TextTask) and task.chunks == ["To be"]
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "../" * 12 + "etc/hostname", "/etc/passwd"])
+def test_stdlib_tasks_stay_inside_the_standard_library(name: str) -> None:
+    with pytest.raises(TaskError, match="points outside the standard library"):
+        tasks.load_task(f"stdlib:{name}")
+    assert tasks.load_task("stdlib:json/decoder.py").chunks  # paths inside it still work

@@ -70,3 +70,22 @@ def test_duplicate_member_names_are_refused(tmp_path: Path) -> None:
 def test_bad_toy_spec_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="toy:<family>"):
         resolve_member(MemberSpec("toy:klingon"))
+
+
+@pytest.mark.parametrize("member", [
+    "{model: toy:bytebpe, name: ../../../x}",
+    "{model: toy:bytebpe, name: /tmp/abs}",
+    "{model: toy:bytebpe, name: ..}",
+    "{model: toy:bytebpe, name: .hidden}",
+    "{model: ..}",
+    "{model: toy:bytebpe, name: 'a/b'}",
+])
+def test_member_names_that_could_leave_the_output_dir_are_refused(
+        tmp_path: Path, member: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A member's name is a directory under output_dir: one safe path component, checked before anything runs."""
+    path = _write(tmp_path, BASE.replace("sources: [toy:wordpiece]", f"sources: [{member}]"))
+    with pytest.raises(InputError, match="is not a safe directory name"):
+        load_recipe(path)
+    assert main(["fuse", "validate", str(path)]) == 2
+    assert "is not a safe directory name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "x").exists()

@@ -373,6 +373,9 @@ def stdlib_path(name: str) -> Path:
     """Source of a stdlib module (``json.decoder``) or a file under the stdlib (``json/decoder.py``)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     candidate = root / name
+    if not candidate.resolve().is_relative_to(root.resolve()):
+        raise TaskError(f"stdlib path {name!r} points outside the standard library ({root}); "
+                        "read any other file with text:PATH")
     if candidate.is_file():
         return candidate
     if "/" not in name and not name.endswith(".py"):

@@ -43,6 +43,18 @@ class MemberSpec:
         return self.name or re.sub(r"[^A-Za-z0-9._-]+", "-", self.model.rstrip("/").split("/")[-1]).strip("-")
 
 
+SAFE_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_slug(spec: MemberSpec) -> None:
+    """A member's name becomes a directory under ``output_dir``: it must be one safe path component
+    (letters, digits, ``.``, ``_``, ``-``; not starting with a dot), so no name can point outside it."""
+    if not SAFE_SLUG.match(spec.slug):
+        origin = f"name {spec.name!r}" if spec.name else f"the name derived from model {spec.model!r} ({spec.slug!r})"
+        raise InputError(f"member {origin} is not a safe directory name: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (set `name:` on the member)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     path: str
@@ -220,6 +232,8 @@ class FuseRecipe:
 
     def __post_init__(self) -> None:
         slugs = [self.target.slug, *(s.slug for s in self.sources)]
+        for spec in (self.target, *self.sources):
+            check_slug(spec)
         if len(set(slugs)) != len(slugs):
             raise InputError(f"member names must be unique, got {slugs}; set `name:` on the duplicates")
         if not self.sources and not self.combine.include_target:
