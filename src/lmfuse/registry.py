@@ -10,11 +10,14 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from lmfuse.errors import LmfuseError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
-    """Raised for a name that no registry entry has; the message suggests close names."""
+class UnknownNameError(LmfuseError, KeyError, ValueError):
+    """Raised for a name that no registry entry has; the message suggests close names. An `LmfuseError`:
+    a name comes from a user (a flag, a recipe, a request), so it is theirs to fix (a 400, exit 2)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,3 +98,43 @@ def test_pack_input_error_is_400_and_a_crash_is_a_bare_500() -> None:
         err = assert_error_body(r, 500)
         assert "secret" not in r.text and err["type"] == "server_error"
         assert httpx.get(f"{url}/health").json()["pending"] == 0
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": 2**70, "temperature": 1.0}, "seed"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": -1}, "seed"),
+    ("/v1/completions", {"model": MODEL, "prompt": "ab\ud800cd"}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": ["ok", "ab\udfffcd"]}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "stop": "\ud800"}, None),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud83d"}]}, None),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "\udc00"}]}]}, None),
+])
+def test_client_values_the_pack_cannot_use_are_400_on_the_real_pack(
+        toy_server: str, path: str, body: Any, param: str | None) -> None:
+    """A seed beyond 64 bits and lone surrogates (legal JSON, not UTF-8) reached torch and the tokenizers
+    and came back as 500s; they are refused by name, and the server keeps serving."""
+    raw = json.dumps(body).encode()  # ensure_ascii: a lone surrogate travels as "\\ud800", as clients send it
+    err = assert_error_body(httpx.post(toy_server + path, content=raw, headers={"Content-Type": "application/json"}),
+                            400)
+    if param is not None:
+        assert err["param"] == param
+    assert httpx.post(f"{toy_server}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}
+                      ).status_code == 200
+
+
+def test_deeply_nested_json_is_400_not_a_recursion_error(fake_server: str) -> None:
+    body = b'{"model": "lmfuse-pack", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with ServerThread(SlowPack(), ServeConfig(port=0, max_body_bytes=1 << 20)) as url:
+        r = httpx.post(f"{url}/v1/completions", content=body, headers={"Content-Type": "application/json"})
+        assert "nested too deeply" in assert_error_body(r, 400)["message"]
+        assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 200
+
+
+def test_an_unknown_registry_name_is_a_client_error() -> None:
+    from lmfuse.errors import LmfuseError
+    from lmfuse.registry import UnknownNameError
+    from lmfuse.serve.app import as_api_error
+
+    err = as_api_error(UnknownNameError("unknown weighting 'packlm'. Did you mean 'packllm-opt'?"))
+    assert err.status == 400 and "packllm-opt" in err.message and issubclass(UnknownNameError, LmfuseError)

@@ -188,6 +188,8 @@ async def read_json(request: Request, limit: int) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"malformed JSON body: {exc.msg if hasattr(exc, 'msg') else 'not UTF-8'}",
                           code="invalid_json") from None
+    except RecursionError:  # a small body of deeply nested arrays: the parser's own recursion limit
+        raise bad_request("malformed JSON body: nested too deeply", code="invalid_json") from None
 
 
 def include_usage(req: Any) -> bool:

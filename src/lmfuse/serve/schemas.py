@@ -7,11 +7,23 @@ extras (``user``, ``metadata``) that do not change the result.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from lmfuse.serve.errors import APIError, bad_request
+
+
+def _encodable(text: str) -> str:
+    """Text the members can tokenize: a lone surrogate (``"\\ud800"``, legal in JSON) is not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text holds a lone surrogate at position {exc.start}; send valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "functions", "best_of", "echo", "suffix", "logit_bias")
 
@@ -24,29 +36,30 @@ class _Sampling(BaseModel):
     max_completion_tokens: int | None = None
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    # torch seeds are signed 64-bit; a batch gives its i-th prompt seed + i, so keep well inside.
+    seed: int | None = Field(default=None, ge=0, le=2**62)
+    stop: Text | list[Text] | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     stream_options: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -71,7 +84,8 @@ def parse(model: type[_Sampling], payload: Any) -> Any:
         return model.model_validate(payload)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        # Union members appear in the location as tags ("list[str]", "function-after[...]"): not fields.
+        param = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)) or None
         # The message describes the constraint; it never echoes a stack or the whole body.
         raise APIError(400, f"invalid {param or 'body'}: {err['msg']}", "invalid_request_error", param,
                        "invalid_value" if err["type"] != "missing" else "missing_required_parameter") from None
