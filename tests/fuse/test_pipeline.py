@@ -90,6 +90,22 @@ def test_train_resumes_after_a_crash_to_the_same_model(prepared, tmp_path: Path)
     assert [line.split('"tokens_per_s"')[0] for line in log_a] == [line.split('"tokens_per_s"')[0] for line in log_b]
 
 
+def test_train_log_holds_each_step_once_after_resumes(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Steps logged after the last checkpoint run again on resume: the log keeps each step once."""
+    target = prepared.members["bytebpe"]
+    cfg = replace(prepared.recipe.train, max_steps=3, save_every=2, log_every=1)
+
+    def crash(step: int, logs: dict[str, float]) -> None:
+        if step == 1:  # logged, not checkpointed
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False, on_step=crash)
+    train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run/train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
 class Payload:
     """A pickle that runs code when it is loaded: it creates the file ``marker``."""
 

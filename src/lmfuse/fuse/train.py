@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lmfuse import atomic
 from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.fuse import store
 from lmfuse.fuse.losses import IGNORE, fuse_loss
@@ -208,6 +209,8 @@ def train(
             scheduler.step()
     prefix, pad = target.prefix_token_id, target.pad_token_id
     log_path = out_dir / "train_log.jsonl"
+    if accelerator.is_main_process:
+        keep_logged_steps(log_path, start)  # steps logged after the checkpoint run again: log them once
     bar = tqdm(total=sched.total_steps, initial=start, desc="train", unit="step",
                disable=not (progress and accelerator.is_main_process))
     # Logged per mode as "clm"/"fusion" (one mode) or "<mode>_clm"/"<mode>_fusion" (several).
@@ -277,6 +280,24 @@ def train(
         tmp.rename(final)
     accelerator.wait_for_everyone()
     return final
+
+
+def keep_logged_steps(log_path: Path, last: int) -> None:
+    """Drop the lines of ``train_log.jsonl`` for steps after ``last`` (the checkpoint a run resumes from),
+    so that every step appears once however often the run was stopped."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= last]
+    if len(kept) != len(lines):
+        atomic.write_text(log_path, "".join(kept))
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line: dropped
 
 
 def check_random_states(checkpoint: Path, process: int) -> None:
