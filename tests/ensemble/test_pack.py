@@ -240,6 +240,13 @@ def test_nan_logits_raise_a_clear_error(toy_members: dict[str, Member]) -> None:
         Pack([broken]).score("hello", [" world"])
 
 
+def test_an_empty_context_is_named_as_such(toy_members: dict[str, Member]) -> None:
+    pack = Pack([toy_members["bytebpe"], toy_members["sentencepiece"]])
+    with pytest.raises(InputError, match="the context is empty, and packllm-opt fits the members' weights"):
+        pack_scorer(pack, ["packllm-opt"]).loglikelihood("", [" a", " b"])
+    assert len(pack_scorer(pack, ["uniform"]).loglikelihood("", [" a", " b"])["pack[uniform]"]) == 2
+
+
 def test_bad_arguments_name_the_value(toy_members: dict[str, Member]) -> None:
     member = toy_members["bytebpe"]
     with pytest.raises(InputError, match="nll_norm"):

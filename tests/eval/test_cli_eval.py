@@ -66,6 +66,11 @@ def test_no_task_or_model_and_bad_limit(capsys: pytest.CaptureFixture[str], tmp_
     assert "--limit must be a positive" in capsys.readouterr().err
     assert main(["eval", "--model", "x", "--suite", "bbh"]) == 2
     assert "Did you mean 'bbh8'" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file")
+    assert main(["eval", "--model", "x", "--task", f"text:{tmp_path / 't.txt'}", "--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; give a directory" in err and err.count("\n") == 1
+    assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_eval_weighting_adds_fused_systems_beside_each_member(

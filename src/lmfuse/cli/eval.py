@@ -189,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be a positive number of examples, got {args.limit}")
     if args.shots < 0:
         raise InputError(f"--shots must be >= 0, got {args.shots}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {str(args.out)!r} is a file; give a directory for results.json, report.md and plot.png")
     data_dir = user_data_dir(args.data_dir)
     tasks, skipped = load_tasks(args, names, data_dir)
     previous = earlier_results(args)

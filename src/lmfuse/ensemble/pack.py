@@ -406,6 +406,10 @@ class PackScorer:
         if context and all(ctx.ids for ctx, _ in reads):
             weights = self._weights(pack.analyse(context, [ctx for ctx, _ in reads]))
         else:  # no context to weigh members on: weights as the strategy says without NLLs
+            fitted = [n for n in self.weightings if n in ("packllm-opt", "joint-eg")]
+            if fitted and len(pack.members) > 1:
+                raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
+                                 "give a context, or use uniform, fixed, top1 or packllm-sim")
             base = Analysis(context, [], torch.zeros(len(pack.members)), 0, 0.0)
             weights = self._remember({f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0]
                                       for n in self.weightings})
