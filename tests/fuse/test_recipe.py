@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,16 @@ def test_member_names_that_could_leave_the_output_dir_are_refused(
     assert main(["fuse", "validate", str(path)]) == 2
     assert "is not a safe directory name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("", "bad toy member 'toy:klingon'"),
+    ("train: {epochs: 100000000}\n", "train.epochs must be at most 1000"),
+    ("train: {max_steps: 0}\n", r"train.max_steps must be in \[1, 10,000,000\]"),
+])
+def test_validate_checks_names_and_ranges_up_front(tmp_path: Path, extra: str, message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    text = (BASE.replace("toy:wordpiece", "toy:klingon") if not extra else BASE) + extra
+    path = _write(tmp_path, text)
+    assert main(["fuse", "validate", str(path)]) == 2
+    assert re.search(message, capsys.readouterr().err)

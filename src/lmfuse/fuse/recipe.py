@@ -23,6 +23,8 @@ from lmfuse.errors import InputError
 from lmfuse.registry import suggest
 
 METHODS = ("fusellm", "profuser")
+MAX_EPOCHS = 1000  # passes over the corpus; more is a typo, not a plan (and runs for days before failing)
+MAX_STEPS = 10_000_000
 DATA_FORMATS = ("text", "instruct")
 
 
@@ -149,6 +151,11 @@ class TrainConfig:
                 raise InputError(f"train.{key} must be at least 1, got {getattr(self, key)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise InputError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.epochs > MAX_EPOCHS:
+            raise InputError(f"train.epochs must be at most {MAX_EPOCHS}, got {self.epochs}; "
+                             "use train.max_steps for a fixed number of optimizer steps")
+        if self.max_steps is not None and not 1 <= self.max_steps <= MAX_STEPS:
+            raise InputError(f"train.max_steps must be in [1, {MAX_STEPS:,}], got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,11 @@ def validate(recipe: FuseRecipe) -> None:
     from lmfuse.fuse.align import FALLBACKS
     from lmfuse.fuse.combine import CE_NORMS, FUSIONS, GRANULARITIES
     from lmfuse.fuse.losses import FUSION_LOSSES
+    from lmfuse.fuse.members import TOY_PREFIX, parse_toy
 
+    for member in (recipe.target, *recipe.sources):  # a bad toy spec fails here, not minutes into a run
+        if member.model.startswith(TOY_PREFIX):
+            parse_toy(member.model)
     FUSIONS.get(recipe.combine.function)
     FUSION_LOSSES.get(recipe.train.loss)
     if recipe.method == "profuser":
