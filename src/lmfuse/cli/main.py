@@ -37,10 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_utf8(args: argparse.Namespace) -> None:
+    """Refuse arguments that are not valid UTF-8 before anything runs: Python hands them over with the bad
+    bytes as lone surrogates (``\\udcff``), which no tokenizer, file name or JSON writer accepts."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    bad = text[exc.start].encode("utf-8", "surrogateescape")
+                    raise LmfuseError(f"argument {name.replace('_', '-')} is not valid UTF-8 (byte 0x{bad.hex()} at "
+                                      f"position {exc.start}); pass text in UTF-8") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_utf8(args)
         return int(args.func(args) or 0)
     except (LmfuseError, UnknownNameError) as exc:
         print(f"lmfuse {args.command}: error: {exc}", file=sys.stderr)
