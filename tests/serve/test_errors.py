@@ -138,3 +138,19 @@ def test_an_unknown_registry_name_is_a_client_error() -> None:
 
     err = as_api_error(UnknownNameError("unknown weighting 'packlm'. Did you mean 'packllm-opt'?"))
     assert err.status == 400 and "packllm-opt" in err.message and issubclass(UnknownNameError, LmfuseError)
+
+
+def test_prompts_over_the_length_limits_are_400_before_the_pack_reads_them(toy_pack: Any) -> None:
+    config = ServeConfig(port=0, max_prompt_chars=2000, max_prompt_tokens=50, max_tokens_limit=8)
+    with ServerThread(toy_pack, config) as url:
+        long = {"model": MODEL, "prompt": "word " * 1000}
+        err = assert_error_body(httpx.post(f"{url}/v1/completions", json=long), 400, "prompt")
+        assert err["code"] == "prompt_too_long" and "5,000 characters; the limit is 2,000" in err["message"]
+        tokens = {"model": MODEL, "prompt": "x y z " * 60}  # 360 characters, hundreds of tokens
+        err = assert_error_body(httpx.post(f"{url}/v1/completions", json=tokens), 400, "prompt")
+        assert "tokens for member" in err["message"] and "the limit is 50" in err["message"]
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "word " * 1000}]}
+        assert assert_error_body(httpx.post(f"{url}/v1/chat/completions", json=chat), 400, "messages")["code"] == \
+            "prompt_too_long"
+        assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+                          ).status_code == 200

@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long an idle worker waits for more requests to batch")
     g.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    g.add_argument("--max-prompt-chars", type=int, default=100_000, help="longest prompt in characters (400 beyond)")
+    g.add_argument("--max-prompt-tokens", type=int, default=16_384,
+                   help="longest prompt in tokens, as its longest member tokenization counts them (400 beyond)")
     g.add_argument("--chat-template-member", help="member whose chat template renders conversations")
     g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=run)
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                          api_key=ServeConfig.key_from_env(args.api_key), max_tokens_limit=args.max_tokens_limit,
                          default_max_tokens=args.default_max_tokens, max_batch=args.max_batch,
                          max_pending=args.max_pending, batch_window_ms=args.batch_window_ms,
-                         max_body_bytes=args.max_body_bytes, chat_template_member=args.chat_template_member)
+                         max_body_bytes=args.max_body_bytes, chat_template_member=args.chat_template_member,
+                         max_prompt_chars=args.max_prompt_chars, max_prompt_tokens=args.max_prompt_tokens)
     pack = load_pack(args)
     if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"lmfuse serve: warning: listening on {config.host} without an API key", file=sys.stderr)

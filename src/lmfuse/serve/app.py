@@ -101,6 +101,16 @@ def create_app(pack: Any, config: ServeConfig | None = None) -> FastAPI:
         check_model(model_id)
         return model_card()
 
+    def check_prompt_length(text: str, param: str) -> None:
+        if len(text) > config.max_prompt_chars:
+            raise bad_request(f"the prompt has {len(text):,} characters; the limit is {config.max_prompt_chars:,}",
+                              param=param, code="prompt_too_long")
+        for member in getattr(pack, "members", []):
+            n = len(member.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n > config.max_prompt_tokens:
+                raise bad_request(f"the prompt has {n:,} tokens for member {member.name!r}; the limit is "
+                                  f"{config.max_prompt_tokens:,}", param=param, code="prompt_too_long")
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         authorise(request)
@@ -113,6 +123,8 @@ def create_app(pack: Any, config: ServeConfig | None = None) -> FastAPI:
         if len(prompts) > config.max_pending:  # could never be admitted: not a "retry later"
             raise bad_request(f"at most {config.max_pending} prompts per request; got {len(prompts)}",
                               param="prompt")
+        for text in prompts:
+            check_prompt_length(text, "prompt")
         p = params(req)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "object": "text_completion", "created": created, "model": config.model_name}
@@ -148,6 +160,7 @@ def create_app(pack: Any, config: ServeConfig | None = None) -> FastAPI:
         except Exception:  # a template can raise on a conversation it does not accept (e.g. roles order)
             raise bad_request("the chat template rejected this conversation (check the roles' order)",
                               param="messages") from None
+        check_prompt_length(prompt, "messages")
         p = params(req, implicit_stop)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         base = {"id": rid, "object": "chat.completion", "created": created, "model": config.model_name}
