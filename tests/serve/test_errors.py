@@ -104,7 +104,7 @@ def test_pack_input_error_is_400_and_a_crash_is_a_bare_500() -> None:
     ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": 2**70, "temperature": 1.0}, "seed"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "seed": -1}, "seed"),
     ("/v1/completions", {"model": MODEL, "prompt": "ab\ud800cd"}, "prompt"),
-    ("/v1/completions", {"model": MODEL, "prompt": ["ok", "ab\udfffcd"]}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": ["ok", "ab\udfffcd"]}, "prompt.1"),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "stop": "\ud800"}, None),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud83d"}]}, None),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [
@@ -154,3 +154,13 @@ def test_prompts_over_the_length_limits_are_400_before_the_pack_reads_them(toy_p
             "prompt_too_long"
         assert httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
                           ).status_code == 200
+
+
+def test_a_non_text_content_part_is_named_in_the_400(fake_server: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}
+    err = assert_error_body(httpx.post(f"{fake_server}/v1/chat/completions", json=body), 400)
+    assert "content part type 'image_url' is not supported" in err["message"]
+    text_only = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert httpx.post(f"{fake_server}/v1/chat/completions", json=text_only).status_code == 200

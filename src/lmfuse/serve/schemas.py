@@ -48,11 +48,18 @@ class CompletionRequest(_Sampling):
     prompt: Text | list[Text]
 
 
+def _text_part(kind: str) -> str:
+    if kind != "text":
+        raise ValueError(f"content part type {kind!r} is not supported: a pack reads text, so send "
+                         "{\"type\": \"text\", \"text\": ...} parts only")
+    return kind
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    type: Literal["text"]
-    text: Text
+    type: Annotated[str, AfterValidator(_text_part)]
+    text: Text = ""
 
 
 class Message(BaseModel):
@@ -83,11 +90,14 @@ def parse(model: type[_Sampling], payload: Any) -> Any:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # A union reports one error per member; the one our own validators raised says what is wrong.
+        err = next((e for e in errors if e["type"] == "value_error"), errors[0])
         # Union members appear in the location as tags ("list[str]", "function-after[...]"): not fields.
         param = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)) or None
         # The message describes the constraint; it never echoes a stack or the whole body.
-        raise APIError(400, f"invalid {param or 'body'}: {err['msg']}", "invalid_request_error", param,
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise APIError(400, f"invalid {param or 'body'}: {message}", "invalid_request_error", param,
                        "invalid_value" if err["type"] != "missing" else "missing_required_parameter") from None
 
 
