@@ -151,9 +151,14 @@ def test_resuming_never_unpickles_what_a_run_directory_holds(prepared, tmp_path:
 def test_finished_stages_are_skipped(prepared) -> None:  # type: ignore[no-untyped-def]
     shard = prepared.out / "combine/shard-00000.safetensors"
     stamp = shard.stat().st_mtime_ns
+    # What a kill -9 during atomic writes leaves behind: removed when the run starts again.
+    orphans = [prepared.out / "combine/.shard-00001.safetensors.k3j2.tmp", prepared.out / ".manifest.json.x9.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half")
     prepared.run.run(("extract", "align", "combine"))
     assert shard.stat().st_mtime_ns == stamp
     assert (prepared.out / "recipe.resolved.yaml").is_file()
+    assert not any(o.exists() for o in orphans) and not list(prepared.out.rglob(".*.tmp"))
 
 
 def test_token_level_min_ce_picks_the_best_aligned_candidate_per_token(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -341,7 +341,9 @@ class Run:
 
         state = process_state()
         if state.is_main_process:
+            remove_orphan_temps(self.recipe.out)
             save_resolved(self.recipe)
+        state.wait_for_everyone()
         if "generate" in stages:
             self.generate()  # every process takes its share of the prompts
         state.wait_for_everyone()
@@ -366,3 +368,15 @@ class Run:
     def _require(directory: Path, stage: str) -> None:
         if not store.stage_done(directory):
             raise InputError(f"{str(directory)!r} is not finished; run the {stage!r} stage first")
+
+
+def remove_orphan_temps(out: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes (``.<name>.<random>.tmp``, `lmfuse.atomic`) that a killed
+    run left under ``out``. A run starts here, before any process writes, so none of them is in use."""
+    removed = []
+    for path in out.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
