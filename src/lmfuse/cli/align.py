@@ -49,7 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if args.text is not None:
         if not args.text.is_file():
             raise InputError(f"--text {str(args.text)!r} is not a file")
-        text = args.text.read_text(encoding="utf-8")
+        try:
+            text = args.text.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"--text {str(args.text)!r} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+                             f"{exc.start})") from None
     else:
         text = SAMPLE_TEXT
     if not text.strip():

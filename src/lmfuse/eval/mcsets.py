@@ -121,11 +121,34 @@ for _set in (
     MC_SETS.register(_set.name)(_set)
 
 
+# MMLU's 57 subjects (the folders of hails/mmlu_no_train), so a subject's name is checked before any download.
+MMLU_SUBJECTS: tuple[str, ...] = (
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
+    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
+    "college_medicine", "college_physics", "computer_security", "conceptual_physics", "econometrics",
+    "electrical_engineering", "elementary_mathematics", "formal_logic", "global_facts",
+    "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+    "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
+    "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics",
+    "high_school_physics", "high_school_psychology", "high_school_statistics", "high_school_us_history",
+    "high_school_world_history", "human_aging", "human_sexuality", "international_law", "jurisprudence",
+    "logical_fallacies", "machine_learning", "management", "marketing", "medical_genetics",
+    "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition", "philosophy", "prehistory",
+    "professional_accounting", "professional_law", "professional_medicine", "professional_psychology",
+    "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
+    "world_religions",
+)
+
+
 def check_name(name: str) -> MCSet:
     """The set named ``name`` (``mmlu/SUBJECT`` names MMLU); an unknown name gets "did you mean"."""
-    base = name.partition("/")[0]
+    base, _, subject = name.partition("/")
     if base not in MC_SETS:
         raise TaskError(suggest(base, MC_SETS.names(), "multiple-choice data set"))
+    if subject and (base != "mmlu" or subject not in MMLU_SUBJECTS):
+        if base != "mmlu":
+            raise TaskError(f"mc:{base} has no subsets; write mc:{base}")
+        raise TaskError(suggest(subject, list(MMLU_SUBJECTS), "MMLU subject"))
     return MC_SETS.get(base)
 
 

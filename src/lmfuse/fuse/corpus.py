@@ -37,9 +37,10 @@ def load_texts(source: str | Path | Any, text_field: str = "text", split: str = 
                 f"corpus {str(source)!r}: expected files of one kind among {sorted(_BUILDERS)}, "
                 f"found suffixes {sorted({p.suffix for p in files})}"
             )
-        builder = kinds.pop()
+        (builder,) = kinds
+        assert builder is not None  # None was refused above
         kwargs: dict[str, Any] = {"sample_by": "document"} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in files], split=split, **kwargs)
+        ds = load_files(builder, files, split, f"corpus {str(source)!r}", **kwargs)
     if text_field not in ds.column_names:
         raise InputError(f"corpus has no column {text_field!r}; columns: {', '.join(ds.column_names)}")
     return [t for t in ds[text_field] if isinstance(t, str) and t.strip()]
@@ -76,3 +77,17 @@ def corpus_rows(source: str | Path | Any, text_field: str = "text", split: str =
     rows = [chunk for text in load_texts(source, text_field, split) for chunk in chunk_text(text, max_chars)]
     rows = [r for r in rows if r.strip()]
     return rows[:limit] if limit is not None else rows
+
+
+def load_files(builder: str, files: list[Path], split: str, what: str, **kwargs: Any) -> Any:
+    """``datasets.load_dataset`` over local files; a file it cannot parse (not UTF-8, malformed JSON or
+    CSV) is one clear error naming the data, instead of a `DatasetGenerationError` traceback."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=[str(p) for p in files], split=split, **kwargs)
+    except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as exc:
+        cause = exc.__cause__ or exc
+        detail = " ".join(str(cause).split())[:200]
+        raise InputError(f"{what}: the {builder} files cannot be read ({type(cause).__name__}: {detail}); "
+                         "they must be UTF-8 and well formed") from None

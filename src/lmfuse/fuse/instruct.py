@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfuse.errors import InputError
+from lmfuse.fuse.corpus import load_files
 
 PLAIN_STOP = "\nUser:"
 """Where a plain-format reply ends: the model starting the next user turn."""
@@ -73,7 +74,9 @@ def _dataset(source: str | Path | Any, split: str) -> Any:
     if None in kinds or len(kinds) != 1:
         raise InputError(f"instruction data {str(source)!r}: expected files of one kind among "
                          f"{sorted(_BUILDERS)}, found suffixes {sorted({p.suffix for p in files})}")
-    return datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in files], split=split)
+    (builder,) = kinds
+    assert builder is not None  # None was refused above
+    return load_files(builder, files, split, f"instruction data {str(source)!r}")
 
 
 def asset_path(spec: str) -> Path:

@@ -293,9 +293,9 @@ def validate(recipe: FuseRecipe) -> None:
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FuseRecipe:
     """Read a YAML recipe, apply ``key.sub=value`` overrides, build and validate the dataclasses."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read recipe {str(path)!r}: {exc}") from None
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read recipe {str(path)!r}: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise InputError(f"recipe {str(path)!r} must be a mapping at the top level")
     for item in overrides:

@@ -103,13 +103,14 @@ def load_tokenizer(spec: str | Path) -> Any:
 
 
 def _from_hf_dir(where: Location, name: str, dtype: torch.dtype, device: str) -> Member:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = where.local_files_only
     try:
         tok = AutoTokenizer.from_pretrained(where.path, local_files_only=local)
         model = AutoModelForCausalLM.from_pretrained(where.path, dtype=dtype, local_files_only=local)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a truncated or garbled weights file
         what = f"model {where.path!r}"
         if where.source.startswith("hub:"):
             mode = "offline (HF_HUB_OFFLINE=1), so only the local HF cache was searched" if local else "online"
