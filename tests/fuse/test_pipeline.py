@@ -143,9 +143,13 @@ def test_resuming_never_unpickles_what_a_run_directory_holds(prepared, tmp_path:
         train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
     (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(Payload(marker)))
     (checkpoint / "random_states_0.pkl").write_bytes(states)
-    with pytest.raises(Exception):  # noqa: B017 - torch's weights-only unpickler refuses it
+    with pytest.raises(CorruptFileError, match=r"cannot resume from .*UnpicklingError"):  # weights_only refuses it
         train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
     assert not marker.exists()
+    weights = next(checkpoint.glob("model*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated checkpoint
+    with pytest.raises(CorruptFileError, match="cannot resume from"):
+        train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
 
 
 def test_finished_stages_are_skipped(prepared) -> None:  # type: ignore[no-untyped-def]

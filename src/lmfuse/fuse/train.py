@@ -203,7 +203,13 @@ def train(
                 "will not unpickle (loading it could run code); delete the file(s) to resume from this checkpoint"
             )
         check_random_states(last, accelerator.process_index)
-        accelerator.load_state(str(last))
+        try:
+            accelerator.load_state(str(last))
+        except Exception as exc:  # a truncated model.safetensors or optimizer.bin (safetensors, torch raise their own)
+            raise CorruptFileError(
+                f"cannot resume from {str(last)!r}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}; "
+                "delete the checkpoint to restart training from the beginning"
+            ) from None
         start = read_step(last)
         for _ in range(start):
             scheduler.step()
