@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmfuse.errors import CorruptFileError
+from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.fuse import store
 from lmfuse.fuse.train import train
 from lmfuse.models.load import load_member
@@ -150,6 +150,26 @@ def test_resuming_never_unpickles_what_a_run_directory_holds(prepared, tmp_path:
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated checkpoint
     with pytest.raises(CorruptFileError, match="cannot resume from"):
         train(target, prepared.out / "combine", tmp_path / "run", cfg, progress=False)
+
+
+def test_resuming_with_changed_settings_is_refused_naming_them(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A finished extract made with top_k=K must not be reused under another top_k; the refusal names the
+    setting and leaves recipe.resolved.yaml as it was. Settings of later stages only do not block."""
+    from lmfuse.fuse.pipeline import Run
+
+    resolved = prepared.out / "recipe.resolved.yaml"
+    before = resolved.read_text()
+    old_k = prepared.recipe.extract.top_k
+    changed = replace(prepared.recipe, extract=replace(prepared.recipe.extract, top_k=old_k + 3))
+    run = Run(changed, members=prepared.members, progress=False, num_shards=1, shard_index=0)
+    with pytest.raises(InputError, match=rf"extract\.top_k: {old_k} then, {old_k + 3} now"):
+        run.run(("extract", "align", "combine"))
+    assert resolved.read_text() == before
+    later = replace(prepared.recipe, train=replace(prepared.recipe.train, lr=prepared.recipe.train.lr * 2))
+    Run(later, members=prepared.members, progress=False, num_shards=1, shard_index=0).run(("extract", "align",
+                                                                                            "combine"))
+    assert "lr" in resolved.read_text()
+    prepared.run.run(("extract", "align", "combine"))  # back to the settings the stages were made with
 
 
 def test_finished_stages_are_skipped(prepared) -> None:  # type: ignore[no-untyped-def]

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -80,6 +81,54 @@ def save_resolved(recipe: FuseRecipe) -> Path:
     text = yaml.safe_dump({"lmfuse_version": ver, **to_dict(recipe)}, sort_keys=False)
     atomic.write_text(path, text)
     return path
+
+
+# The first stage each recipe section shapes (None: no output depends on it).
+SHAPES: dict[str, str | None] = {
+    "name": None, "output_dir": None, "method": "generate", "target": "generate", "sources": "generate",
+    "data": "generate", "generate": "generate", "rewards": "reward", "vote": "reward", "extract": "extract",
+    "align": "align", "combine": "combine", "train": "train", "schedule": "train",
+}
+ORDER = ("generate", "reward", "extract", "align", "combine", "train")
+
+
+def changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes (plain data)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in changed_settings(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def check_unchanged(recipe: FuseRecipe) -> None:
+    """Refuse to resume a run whose finished or started stages were made with other settings: the
+    pipeline would otherwise keep their outputs and report the new settings (naming each changed one)."""
+    path = recipe.out / "recipe.resolved.yaml"
+    if not path.is_file():
+        return
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # unreadable: nothing to compare with; the stages' own config checks still apply
+    if not isinstance(old, dict):
+        return
+    old.pop("lmfuse_version", None)
+    new = to_dict(recipe)
+    made = {stage for stage in ORDER if any(p.is_dir() for p in recipe.out.rglob(stage))}
+    stale = []
+    for key in changed_settings(old, new):
+        first = SHAPES.get(key.split(".")[0], "generate")
+        if first is not None and any(stage in made for stage in ORDER[ORDER.index(first):]):
+            stale.append(key)
+    if stale:
+        def value(data: Any, key: str) -> Any:
+            for part in key.split("."):
+                data = data.get(part) if isinstance(data, dict) else None
+            return data
+
+        detail = "; ".join(f"{k}: {value(old, k)!r} then, {value(new, k)!r} now" for k in stale[:6])
+        raise InputError(f"{str(recipe.out)!r} holds stages made with other settings ({detail}); resuming would "
+                         "keep their outputs. Use another output_dir, or delete the stages these settings shape")
 
 
 def rows_of(recipe: FuseRecipe) -> list[str]:
@@ -341,6 +390,7 @@ class Run:
 
         state = process_state()
         if state.is_main_process:
+            check_unchanged(self.recipe)  # before the resolved recipe is rewritten to say otherwise
             remove_orphan_temps(self.recipe.out)
             save_resolved(self.recipe)
         state.wait_for_everyone()
