@@ -43,3 +43,16 @@ def test_score_table_and_errors(saved: list[str], capsys: pytest.CaptureFixture[
     assert "did you mean" in capsys.readouterr().err.lower()
     assert main(["generate", "hi", "--model", saved[0], "--weighting", "fixed"]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_a_members_context_is_warned_about(saved: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    long = "the quick brown fox jumps over the lazy dog " * 80  # beyond the toy members' 256 tokens
+    assert main(["generate", long, "--model", saved[0], "--model", saved[1], "--max-new-tokens", "3"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: the prompt is too long for") == 2 and "earlier tokens dropped" in err
+    assert main(["score", "--context", long, "--continuation", " yes", "--model", saved[0], "--model", saved[1],
+                 "--strategies", "uniform"]) == 0
+    assert capsys.readouterr().err.count("warning: the context is too long for") == 2
+    assert main(["generate", "short", "--model", saved[0], "--max-new-tokens", "2"]) == 0
+    assert "warning" not in capsys.readouterr().err

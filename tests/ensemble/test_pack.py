@@ -209,8 +209,11 @@ def test_long_prompt_keeps_its_end_within_each_members_context(toy_members: dict
     long_prompt = "the quick brown fox jumps over the lazy dog " * 80  # far beyond the 256-token context
     gen = pack.generate([long_prompt], max_new_tokens=4)[0]
     assert gen.n_tokens == 4
-    tail = pack.generate([long_prompt[-600:]], max_new_tokens=4)[0]
-    assert isinstance(tail.text, str)
+    # The truncation is reported, per member, in the weights report (the server's lmfuse field; the CLI warns).
+    assert set(gen.weights.truncated) == set(pack.names) and min(gen.weights.truncated.values()) > 0
+    assert gen.weights.as_dict()["truncated"] == gen.weights.truncated and "read only the end" in str(gen.weights)
+    tail = pack.generate([long_prompt[-100:]], max_new_tokens=4)[0]
+    assert isinstance(tail.text, str) and tail.weights.truncated == {}
     with pytest.raises(InputError, match="leaves no room"):
         pack.generate(["hi"], max_new_tokens=400)
     scores = pack.score(long_prompt, [" yes"])

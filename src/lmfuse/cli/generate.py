@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for i, prompt in enumerate(args.prompt):
         if args.stream and not args.json:
             stream: Any = pack.stream(prompt, seed=args.seed + i, **opts)
+            warn_truncated(stream.weights.truncated)
             if args.explain:
                 print(stream.weights, file=sys.stderr)
             for piece in stream:
@@ -49,7 +50,15 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"prompt": prompt, "text": gen.text, "finish_reason": gen.finish_reason,
                               "n_tokens": gen.n_tokens, "weights": gen.weights.as_dict()}))
             continue
+        warn_truncated(gen.weights.truncated)
         if args.explain:
             print(gen.weights, file=sys.stderr)
         print(gen.text)
     return 0
+
+
+def warn_truncated(truncated: dict[str, int]) -> None:
+    """A prompt longer than a member's context is read from its end: say so, per member."""
+    for name, n in truncated.items():
+        print(f"lmfuse generate: warning: the prompt is too long for {name}; it read only the end "
+              f"({n} earlier tokens dropped)", file=sys.stderr)

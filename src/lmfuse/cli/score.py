@@ -35,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--strategies is empty")
     pack = load_pack(args)
     scorer = pack_scorer(pack, strategies)
+    for member in pack.members:  # a long context is read from its end: say so
+        longest = max(len(member.encode(c).ids) for c in args.continuation)
+        dropped = len(member.encode(args.context).ids) - (member.context_length - 1 - longest)
+        if dropped > 0:
+            print(f"lmfuse score: warning: the context is too long for {member.name}; it read only the end "
+                  f"({dropped} earlier tokens dropped)", file=sys.stderr)
     scores = scorer.loglikelihood(args.context, args.continuation)
     if args.json:
         print(json.dumps({"context": args.context, "continuations": args.continuation, "loglikelihood": scores}))

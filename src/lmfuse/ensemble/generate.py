@@ -310,13 +310,16 @@ class Stream:
         pack = self.pack
         t0 = time.perf_counter()
         runs, caches, heads, rows = [], [], [], []
+        truncated: dict[str, int] = {}
         for m in pack.members:
             enc = m.encode(self.prompt)
             keep = m.context_length - self.max_new_tokens - 1
             if keep < 1:
                 raise InputError(f"member {m.name!r}: max_new_tokens={self.max_new_tokens} leaves no room for "
                                  f"the prompt in its context of {m.context_length} tokens")
-            ids, offs = enc.ids[-keep:], enc.offsets[-keep:]  # long prompts keep their end
+            ids, offs = enc.ids[-keep:], enc.offsets[-keep:]  # long prompts keep their end (reported)
+            if len(enc.ids) > keep:
+                truncated[m.name] = len(enc.ids) - keep
             if not ids:
                 raise InputError(f"member {m.name!r}: the prompt {self.prompt[:40]!r} has no tokens")
             cache = new_cache()
@@ -329,6 +332,7 @@ class Stream:
         analysis = pack.analyse(self.prompt, runs)
         analysis.forward_seconds = t1 - t0
         self.lam, self.weights = pack.fit(analysis)
+        self.weights.truncated = truncated
         self.timings["prompt_forward"] = t1 - t0
         self.timings["fit"] = time.perf_counter() - t1
         self.seed_k = analysis.seed

@@ -62,12 +62,13 @@ class WeightReport:
     fitted_nll: float | None = None  # fused NLL per byte of the fitted prompt bytes
     fit_seconds: float = 0.0
     forward_seconds: float = 0.0
+    truncated: dict[str, int] = field(default_factory=dict)  # member -> prompt tokens dropped (context too short)
 
     def as_dict(self) -> dict[str, Any]:
         return {"members": [{"name": n, "weight": w, "nll": x} for n, w, x in
                             zip(self.members, self.weights, self.nll, strict=True)],
                 "nll_norm": self.nll_norm, "seed": self.seed, "weighting": self.weighting,
-                "fusion": self.fusion, "fitted_nll": self.fitted_nll}
+                "fusion": self.fusion, "fitted_nll": self.fitted_nll, "truncated": dict(self.truncated)}
 
     def __str__(self) -> str:
         unit = "nats/token" if self.nll_norm == "token" else "nats/byte"
@@ -79,6 +80,8 @@ class WeightReport:
             lines.append(f"  {n:<{width}}  weight {w:6.3f}  NLL {x:7.4f}{mark}")
         if self.fitted_nll is not None:
             lines.append(f"  fused NLL on the prompt: {self.fitted_nll:.4f} nats/byte")
+        for member, dropped in self.truncated.items():
+            lines.append(f"  warning: {member} read only the end of the prompt ({dropped} earlier tokens did not fit)")
         return "\n".join(lines)
 
 
