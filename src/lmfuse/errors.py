@@ -25,3 +25,7 @@ class NumericalError(LmfuseError):
 
 class CorruptFileError(LmfuseError):
     """A stored artefact is half-written or does not match its checksum."""
+
+
+class TokenizerError(ModelLoadError, TypeError):
+    """A tokenizer lmfuse cannot read (a slow, Python-only one): its surfaces need the fast backend."""

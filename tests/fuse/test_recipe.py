@@ -103,3 +103,14 @@ def test_validate_checks_names_and_ranges_up_front(tmp_path: Path, extra: str, m
     path = _write(tmp_path, text)
     assert main(["fuse", "validate", str(path)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_corpus_that_is_not_utf8_fails_before_anything_is_written(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.txt").write_bytes("caf\xe9 na\xefve and more text\n".encode("latin-1") * 20)
+    text = BASE.replace("output_dir: out", f"output_dir: {tmp_path / 'out'}").replace(
+        "path: c.txt", f"path: {tmp_path / 'c.txt'}")
+    assert main(["fuse", "run", str(_write(tmp_path, text)), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "UTF-8" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # no recipe.resolved.yaml, no stage directory

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lmfuse.errors import TokenizerError
+
 NORMAL, BYTE, SPECIAL, UNUSED = 0, 1, 2, 3
 KIND_NAMES = {NORMAL: "normal", BYTE: "byte", SPECIAL: "special", UNUSED: "unused"}
 ROLES = ("bos", "eos", "pad", "unk")
@@ -211,7 +213,8 @@ def token_table(tokenizer: Any, name: str = "") -> TokenTable:
     """
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if not hasattr(backend, "to_str"):
-        raise TypeError(f"expected a fast tokenizer (with backend_tokenizer.to_str()), got {type(tokenizer).__name__}")
+        raise TokenizerError(f"expected a fast tokenizer (with backend_tokenizer.to_str()), got "
+                             f"{type(tokenizer).__name__}; load the model's tokenizer.json (use_fast=True)")
     spec = _light_spec(backend) or json.loads(backend.to_str())
     model = spec.get("model") or {}
     family = detect_family(spec)

@@ -84,6 +84,9 @@ def load_files(builder: str, files: list[Path], split: str, what: str, **kwargs:
     CSV) is one clear error naming the data, instead of a `DatasetGenerationError` traceback."""
     import datasets
 
+    # datasets' "Generating train split" bar would sit above an error on stderr; lmfuse shows its own progress.
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(builder, data_files=[str(p) for p in files], split=split, **kwargs)
     except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as exc:
@@ -91,3 +94,6 @@ def load_files(builder: str, files: list[Path], split: str, what: str, **kwargs:
         detail = " ".join(str(cause).split())[:200]
         raise InputError(f"{what}: the {builder} files cannot be read ({type(cause).__name__}: {detail}); "
                          "they must be UTF-8 and well formed") from None
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()

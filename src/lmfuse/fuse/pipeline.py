@@ -391,6 +391,8 @@ class Run:
         state = process_state()
         if state.is_main_process:
             check_unchanged(self.recipe)  # before the resolved recipe is rewritten to say otherwise
+            # The data is read first: an unreadable corpus fails before anything is written.
+            _ = self.examples if self.recipe.method == "profuser" else self.rows
             remove_orphan_temps(self.recipe.out)
             save_resolved(self.recipe)
         state.wait_for_everyone()

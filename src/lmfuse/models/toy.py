@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from lmfuse.errors import InputError
 from lmfuse.models.member import Member
+from lmfuse.registry import suggest
 
 FAMILIES = ("bytebpe", "sentencepiece", "wordpiece")
 
@@ -70,7 +72,7 @@ def build_tokenizer(family: str, vocab_size: int = 400, text: str | None = None)
     elif family == "wordpiece":
         tok = _train_wordpiece(corpus, vocab_size, specials)
     else:
-        raise ValueError(f"unknown tokenizer family {family!r}; valid: {', '.join(FAMILIES)}")
+        raise InputError(suggest(family, list(FAMILIES), "toy tokenizer family"))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk
     )
@@ -155,7 +157,7 @@ def build_model(arch: str, vocab_size: int, seed: int = 0, pad_to: int = 1, cont
     elif arch == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=width, n_embd=32, n_layer=2, n_head=4, n_positions=context))
     else:
-        raise ValueError(f"unknown toy architecture {arch!r}; valid: llama, gpt2")
+        raise InputError(suggest(arch, ["llama", "gpt2"], "toy architecture"))
     model.eval()
     return model
 
