@@ -33,7 +33,7 @@ from lmfuse.ensemble.bytelevel import N_OUTCOMES, ByteReading, SortedVocab, next
 from lmfuse.ensemble.fusion import FUSIONS, fill_holes
 from lmfuse.ensemble.preimages import Preimages
 from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
-from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights
+from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights, renormalised
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
 from lmfuse.models.member import Member
@@ -94,7 +94,6 @@ class Analysis:
     nll: torch.Tensor  # [K] normalised
     seed: int
     forward_seconds: float
-    caches: list[Any] = field(default_factory=list)
 
 
 class Pack:
@@ -331,11 +330,7 @@ def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]
     anyone = present.any(0)
     out = {}
     for name, w in weights.items():
-        ww = w[:, None] * present
-        total = ww.sum(0, keepdim=True)
-        fallback = present / present.sum(0, keepdim=True).clamp_min(1)
-        ww = torch.where(total > 0, ww / total.clamp_min(1e-30), fallback)
-        fused = rule(problem.log_probs, ww).gather(-1, problem.targets[:, None])[:, 0]
+        fused = rule(problem.log_probs, renormalised(w, present)).gather(-1, problem.targets[:, None])[:, 0]
         out[name] = torch.where(anyone, fused, torch.full((), -math.log(float(N_OUTCOMES))))
     return out
 

@@ -60,13 +60,17 @@ class WeightProblem:
             # NaN weights would fail `total > 0` below and be scored as the equal-weight fallback.
             raise NumericalError(f"fused-NLL objective: weights {weights.tolist()} are not finite")
         present = self.present if self.present is not None else torch.ones(self.log_probs.shape[:2], dtype=torch.bool)
-        w = weights[:, None] * present  # [K, T]
-        total = w.sum(0, keepdim=True)
-        # A position where every present member has weight 0 falls back to equal weights over them.
-        fallback = present / present.sum(0, keepdim=True).clamp_min(1)
-        w = torch.where(total > 0, w / total.clamp_min(1e-30), fallback)
-        fused = FUSIONS.get(self.fusion)(self.log_probs, w)  # [T, S]
+        fused = FUSIONS.get(self.fusion)(self.log_probs, renormalised(weights, present))  # [T, S]
         return -fused.gather(-1, self.targets[:, None])[:, 0].mean()
+
+
+def renormalised(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``[K]`` weights -> ``[K, T]``: renormalised over the members present at each position; where every
+    present member has weight 0, equal weights over them."""
+    w = weights[:, None] * present
+    total = w.sum(0, keepdim=True)
+    fallback = present / present.sum(0, keepdim=True).clamp_min(1)
+    return torch.where(total > 0, w / total.clamp_min(1e-30), fallback)
 
 
 @dataclass(frozen=True)
