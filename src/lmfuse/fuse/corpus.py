@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmfuse.errors import InputError
+from lmfuse.errors import InputError, one_line
 
 _BUILDERS = {".txt": "text", ".md": "text", ".py": "text", ".jsonl": "json", ".json": "json",
              ".parquet": "parquet", ".csv": "csv"}
@@ -91,7 +91,7 @@ def load_files(builder: str, files: list[Path], split: str, what: str, **kwargs:
         return datasets.load_dataset(builder, data_files=[str(p) for p in files], split=split, **kwargs)
     except (datasets.exceptions.DatasetGenerationError, UnicodeDecodeError, ValueError) as exc:
         cause = exc.__cause__ or exc
-        detail = " ".join(str(cause).split())[:200]
+        detail = one_line(cause, 200)
         raise InputError(f"{what}: the {builder} files cannot be read ({type(cause).__name__}: {detail}); "
                          "they must be UTF-8 and well formed") from None
     finally:

@@ -114,7 +114,7 @@ def check_unchanged(recipe: FuseRecipe) -> None:
         return
     old.pop("lmfuse_version", None)
     new = to_dict(recipe)
-    made = {stage for stage in ORDER if any(p.is_dir() for p in recipe.out.rglob(stage))}
+    made = {p.name for p in recipe.out.rglob("*") if p.name in ORDER and p.is_dir()}  # one walk of the outputs
     stale = []
     for key in changed_settings(old, new):
         first = SHAPES.get(key.split(".")[0], "generate")

@@ -19,7 +19,7 @@ from typing import Any, Union
 
 import yaml
 
-from lmfuse.errors import InputError
+from lmfuse.errors import InputError, one_line
 from lmfuse.registry import suggest
 
 METHODS = ("fusellm", "profuser")
@@ -295,7 +295,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read recipe {str(path)!r}: {' '.join(str(exc).split())}") from None
+        raise InputError(f"cannot read recipe {str(path)!r}: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise InputError(f"recipe {str(path)!r} must be a mapping at the top level")
     for item in overrides:

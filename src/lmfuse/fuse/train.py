@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmfuse import atomic
-from lmfuse.errors import CorruptFileError, InputError
+from lmfuse.errors import CorruptFileError, InputError, one_line
 from lmfuse.fuse import store
 from lmfuse.fuse.losses import IGNORE, fuse_loss
 from lmfuse.fuse.recipe import TrainConfig
@@ -207,7 +207,7 @@ def train(
             accelerator.load_state(str(last))
         except Exception as exc:  # a truncated model.safetensors or optimizer.bin (safetensors, torch raise their own)
             raise CorruptFileError(
-                f"cannot resume from {str(last)!r}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}; "
+                f"cannot resume from {str(last)!r}: {type(exc).__name__}: {one_line(exc, 200)}; "
                 "delete the checkpoint to restart training from the beginning"
             ) from None
         start = read_step(last)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lmfuse.errors import ModelLoadError
+from lmfuse.errors import ModelLoadError, one_line
 from lmfuse.models.member import Member
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -99,7 +99,7 @@ def load_tokenizer(spec: str | Path) -> Any:
         return AutoTokenizer.from_pretrained(where.path, gguf_file=where.gguf_file,
                                              local_files_only=where.local_files_only)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"could not load a tokenizer from {where.source!r}: {_one_line(exc)}") from None
+        raise ModelLoadError(f"could not load a tokenizer from {where.source!r}: {one_line(exc)}") from None
 
 
 def _from_hf_dir(where: Location, name: str, dtype: torch.dtype, device: str) -> Member:
@@ -115,13 +115,8 @@ def _from_hf_dir(where: Location, name: str, dtype: torch.dtype, device: str) ->
         if where.source.startswith("hub:"):
             mode = "offline (HF_HUB_OFFLINE=1), so only the local HF cache was searched" if local else "online"
             what = f"hub model {where.path!r} ({mode})"
-        raise ModelLoadError(f"could not load {what}: {_one_line(exc)}") from None
+        raise ModelLoadError(f"could not load {what}: {one_line(exc)}") from None
     return _member(name, tok, model, device, where.source)
-
-
-def _one_line(exc: BaseException) -> str:
-    """transformers' messages span lines; the CLI prints errors as one line."""
-    return " ".join(str(exc).split())
 
 
 def _from_gguf(path: Path, name: str, dtype: torch.dtype, device: str) -> Member:
@@ -133,7 +128,7 @@ def _from_gguf(path: Path, name: str, dtype: torch.dtype, device: str) -> Member
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(
-            f"could not load GGUF {str(path)!r} (architecture {arch!r}): {_one_line(exc)}"
+            f"could not load GGUF {str(path)!r} (architecture {arch!r}): {one_line(exc)}"
         ) from None
     return _member(name, tok, model, device, f"gguf:{path}")
 

@@ -31,7 +31,7 @@ from lmfuse.assets import (
     read_marker,
     step,
 )
-from lmfuse.errors import ModelLoadError
+from lmfuse.errors import ModelLoadError, one_line
 from lmfuse.models.paths import lmfuse_home
 from lmfuse.registry import UnknownNameError, suggest
 
@@ -265,7 +265,7 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = DEFAULT_CACHE_DTYPE) ->
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(
-            f"could not load GGUF {str(gguf)!r} (architecture {arch!r}): {' '.join(str(exc).split())}"
+            f"could not load GGUF {str(gguf)!r} (architecture {arch!r}): {one_line(exc)}"
         ) from None
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
