@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lmfuse.ensemble.pack import DEFAULT_NLL_NORM, NLL_NORMS
+    from lmfuse.eval.runner import FIT_ON
 
     what = parser.add_argument_group("models")
     what.add_argument("--model", action="append", default=[], metavar="SPEC",
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
                             "alone, e.g. packllm-opt,packllm-sim,uniform,top1,joint-eg (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
-    fused.add_argument("--fit-on", default="text", choices=("text", "preceding"),
+    fused.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
                        help="text tasks: fit the fused weights on each chunk itself (PackLLM's set-up, the default) "
                             "or on the chunk before it (causal, what generation gets; the first chunk is not scored)")
     fused.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
