@@ -151,10 +151,12 @@ def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
         toy_members: dict[str, Member]) -> None:
     """Regression (gemma3 seed: `lmfuse generate "def quicksort(xs):"` looped on blank lines). A seed may
     write indentation as one token (``"    "``, then ``"return"``); byte-level BPE reads a text ending in
-    ``"\n    "`` as one whitespace token, which in its own path (``ĠĠĠ Ġre``) never comes before a word,
-    so a model votes for an end there. The member reads up to its own boundary instead and heals: its
-    vote is for the word (the seed's ``"re"``), and its ids and text stay in step for the next token."""
+    ``"\n    "`` canonically as one whitespace token, which in its own path (``ĠĠĠ Ġre``) never comes before
+    a word, so a member reading it that way votes for an end there. The member reads in its own pieces
+    instead: ``"\n   "``, with the last space pending, covered by its ``" re"`` (read ahead), so its vote
+    is for the word (the seed's ``"re"``); its ids stay in step when the seed writes it."""
     from lmfuse.ensemble.generate import Stream
+    from lmfuse.ensemble.votes import vote
 
     prompt, target = "def add(a, b):", "\n    return a + b\n"
     seed = oracle_member(toy_members["sentencepiece"], prompt + target)
@@ -163,15 +165,16 @@ def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
                     model=PathOracle(like.tokenizer, prompt + target, like.logits_width), source="test")
     fused = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.5, 0.5]))
     reader = Stream(fused, prompt, max_new_tokens=8).readers[1]
-    assert reader.mode == "text" and reader.healer is not None
-    reader.sync("\n")  # the seed wrote "\n", then "    "
-    reader.sync("\n    ")
-    assert reader.ids == reader.head + like.encode("\n   ").ids and reader.text == "\n   "
-    assert reader.healed is not None
+    assert reader.maps is not None
+    reader.read(b"\n")  # the seed wrote "\n", then "    "
+    covers = reader.read(b"\n    ")
+    assert covers is not None
+    own = like.encode("\n    return").ids
+    assert reader.ids[len(reader.head):] == own[:3]  # "\n", "   ", and " re" read ahead
+    ballot = vote(reader.maps, covers)
+    assert ballot is not None
     seed_tok = seed.tokenizer
-    assert seed_tok.decode([int(reader.healed.argmax())]) == seed_tok.decode(seed.encode("re").ids[:1])
-    reader.sync("\n    re")  # the next token: read as its own path, no stale state from the heal
-    assert reader.ids == reader.head + like.encode("\n    re").ids and reader.healed is None
+    assert seed_tok.decode([int(ballot.probs.argmax())]) == seed_tok.decode(seed.encode("re").ids[:1])
+    reader.read(b"\n    re")  # the next token: still its own path (and its next token read ahead)
+    assert reader.ids[len(reader.head):] == own[: len(reader.ids) - len(reader.head)]
     assert int(reader.row.argmax()) == member.model.path[len(reader.ids)]
-    # Tokenizers that do not join a space to the next word are read as before.
-    assert reader._word_split("\n", reader.reading("\n")) is None

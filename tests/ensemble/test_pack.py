@@ -122,7 +122,11 @@ def test_weights_report_explains_members_and_seed(toy_members: dict[str, Member]
     pack = Pack(list(toy_members.values()), nll_norm="byte")
     report = pack.weights("To be, or not to be: that is the question.")
     assert abs(sum(report.weights) - 1) < 1e-5 and report.seed in pack.names
-    assert report.seed == pack.names[min(range(3), key=lambda k: report.nll[k])]
+    heaviest = [k for k in range(3) if report.weights[k] >= max(report.weights) - 1e-9]
+    assert report.seed == pack.names[min(heaviest, key=lambda k: report.nll[k])]  # the lead: largest weight
+    for weighting in ("uniform", "top1"):  # uniform: all tie, the lowest NLL leads; top1: the one weighted
+        tied = pack.weights("To be, or not to be: that is the question.", weighting)
+        assert tied.seed == pack.names[min(range(3), key=lambda k: tied.nll[k])]
     text = str(report)
     assert "nats/byte" in text and "<- seed" in text and all(n in text for n in pack.names)
     forced = Pack(list(toy_members.values()), seed_member="toy-wordpiece").weights("To be, or not")

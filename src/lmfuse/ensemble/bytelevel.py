@@ -87,13 +87,26 @@ class SortedVocab:
     def reaches(self, text: bytes, start: int, end: int) -> bool:
         """Whether some token's surface starts with ``text[start:end]``: only then can a boundary at
         ``start`` still cover byte ``end``."""
+        lo, hi = self.span(text[start:end])
+        return lo < hi
+
+    def span(self, prefix: bytes) -> tuple[int, int]:
+        """Sorted positions ``[lo, hi)`` of the tokens whose surface starts with ``prefix`` (those equal to
+        it come first: "ended" sorts before every byte)."""
         lo, hi = 0, len(self.order)
-        for d in range(end - start):
+        for d, byte in enumerate(prefix):
             split = self.children(lo, hi, d)
-            lo, hi = int(split[text[start + d]]), int(split[text[start + d] + 1])
+            lo, hi = int(split[byte]), int(split[byte + 1])
             if lo >= hi:
-                return False
-        return True
+                return lo, lo
+        return lo, hi
+
+    def longer(self, prefix: bytes) -> tuple[int, int]:
+        """Sorted positions ``[lo, hi)`` of the tokens whose surface starts with ``prefix`` and is longer."""
+        lo, hi = self.span(prefix)
+        if lo < hi and prefix:
+            lo = int(self.children(lo, hi, len(prefix))[0])
+        return lo, hi
 
     def children(self, lo: int, hi: int, d: int) -> np.ndarray:
         """``[257]`` sorted positions splitting ``[lo, hi)`` (tokens sharing ``d`` bytes) by byte ``d``:

@@ -6,25 +6,29 @@ The loop, per prompt:
    the last ``context_length - max_new_tokens - 1`` prompt tokens are kept when a prompt is too long for
    a member (left truncation, per member, in its own tokens). The same passes give the rows that fit
    the weights (`Pack.fit`) — no extra forward pass.
-2. Each step fuses the members' next-token rows in the seed's vocabulary, picks a seed token (greedy, or
-   temperature + top-p sampling), and appends it to the text.
-3. Members then catch up on the new text:
-   * the seed, and members with the seed's exact vocabulary, append the chosen id (so K = 1 reproduces
-     the single model's own decoding exactly);
-   * every other member reads the generated text in its own tokens: its canonical tokenization, or the
-     ids it already holds plus its tokens of the new text, whichever it would have written itself
-     (`_Reader.reading`); it keeps the longest common prefix of ids already in its cache
-     (``DynamicCache.crop``: the rollback when the new text merges into its last token, e.g.
-     ``"hel" + "lo" -> "hello"``) and feeds only the rest. Never a one-for-one translation of the
-     seed's ids (which the reference PackLLM would do);
-   * while the seed has emitted only part of a UTF-8 character (byte-fallback tokens), no other member
-     can read the text; they abstain and the weights are renormalised over the members present.
-4. Stop at the seed's EOS, at a stop string (the text is cut before it), or after ``max_new_tokens``
-   seed tokens.
+2. The **lead** is the member with the largest weight (ties: the lowest prompt NLL), or the pack's fixed
+   ``seed_member``. Decoding emits the lead's tokens, so with one-hot weights the pack decodes exactly as
+   that member alone, whoever read the prompt best.
+3. Each step fuses, over the lead's vocabulary, the lead's own next-token row and every other weighted
+   member's **vote** (`lmfuse.ensemble.votes`): its exact probability of the text that comes next, by
+   prefix covering from the boundaries of its own reading, grouped by the lead token that text begins
+   with. Then it picks a token (greedy, or temperature + top-p sampling) and appends it to the text.
+4. Members catch up on the new text:
+   * the lead, and members with the lead's exact vocabulary, append the chosen id (K = 1 is the single
+     model's own cached decoding, bit for bit);
+   * every other member reads the text in its own tokens up to its last *stable* boundary: the tokens
+     its tokenizer gives the text whatever comes next (the common prefix of its tokenizations of the text
+     followed by a letter, a space, a newline or a digit). Bytes after that boundary are *pending*: its
+     covers run through them, so a member inside one of its own tokens, or inside a UTF-8 character the
+     lead has emitted only part of, still votes. The KV cache keeps the common prefix of ids and rolls
+     back the rest (``DynamicCache.crop``).
+5. Stop at the lead's EOS, at a stop string (the text is cut before it), or after ``max_new_tokens``
+   lead tokens.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lmfuse.alignment import SurfaceIndex
-from lmfuse.ensemble.fusion import FUSIONS
+from lmfuse.ensemble.fusion import FUSIONS, fill_holes
 from lmfuse.ensemble.runs import TextRun, crop_to, forward_cached, new_cache
+from lmfuse.ensemble.votes import Cover, LeadMaps, Lexicon, vote
 from lmfuse.errors import InputError
 
 if TYPE_CHECKING:
@@ -48,20 +52,8 @@ class Generation:
     text: str
     weights: WeightReport
     finish_reason: str  # "stop" | "length"
-    n_tokens: int  # seed tokens generated (EOS included when it ended the text)
+    n_tokens: int  # lead tokens generated (EOS included when it ended the text)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Healer:
-    """What a text-mode member needs for token healing: its own surfaces and the seed's."""
-
-    surfaces: list[bytes]  # member id -> surface bytes
-    own: SurfaceIndex  # member's tokens by surface
-    seed: SurfaceIndex  # seed's tokens by surface
-    seed_width: int
-    max_tail: int = 3  # generated tokens a heal may reach back over
-    max_candidates: int = 64  # most likely extensions considered
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -74,183 +66,175 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def valid_utf8_prefix(data: bytes) -> int:
+    """Length of the longest prefix of ``data`` that is whole UTF-8 characters (a partial one is at most 3
+    bytes long)."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            data[:cut].decode("utf-8")
+            return cut
+        except UnicodeDecodeError:
+            continue
+    return 0
+
+
 @dataclass
 class _Reader:
-    """One member's view of the text: the ids in its KV cache and its next-token row."""
+    """One member's view of the text: the ids in its KV cache, and the rows at its recent boundaries."""
 
     member: Member
-    mode: str  # "seed" (appends chosen ids), "text" (re-tokenizes the generated text)
     head: list[int]  # prefix token + (truncated) prompt ids
     ids: list[int]
     cache: Any
-    row: torch.Tensor | None  # [V] log-probs of the next token after ``ids``; None = abstains
-    healer: Healer | None = None
-    product: bool = True  # the pack's fusion rule is the product (holes get a floor) rather than the mixture
-    healed: torch.Tensor | None = None  # [V_seed] next-text distribution, already in the seed's vocabulary
-    surfaces: list[bytes] | None = None  # member id -> surface bytes (text mode: checks a piece's ids)
-    text: str = ""  # the generated text ``ids[len(head):]`` spell
-    # position p -> [V] row predicting ``ids[p]`` (the last ``history`` generated positions and the next one)
-    rows_at: dict[int, torch.Tensor] = field(default_factory=dict)
-    history: int = 8
+    row: torch.Tensor  # [W] log-probs of the next token after ``ids``
+    lexicon: Lexicon
+    maps: LeadMaps | None = None  # None: it appends the lead's ids (the lead, or the lead's vocabulary)
+    rows_at: dict[int, torch.Tensor] = field(default_factory=dict)  # position p -> row predicting ids[p]
+    log_before: list[float] = field(default_factory=list)  # p - len(head) -> log P(ids[len(head):p])
+    ends: list[int] = field(default_factory=list)  # p - len(head) -> byte offset of boundary p in the text
 
     def __post_init__(self) -> None:
-        if self.row is not None:
-            self.rows_at[len(self.ids)] = self.row
+        self.rows_at[len(self.ids)] = self.row
+        self.log_before, self.ends = [0.0], [0]
 
     def append(self, token: int) -> None:
         self.row = forward_cached(self.member, [token], self.cache)[-1]
         self.ids.append(token)
 
-    def _tail(self, want: list[int]) -> tuple[int, bytes, np.ndarray]:
-        """Longest tail of generated tokens whose text some longer member token extends: (j, text, ids)."""
-        h = self.healer
-        if h is None:
-            return 0, b"", np.zeros(0, dtype=np.int64)
-        for j in range(min(h.max_tail, len(want) - len(self.head)), 0, -1):
-            text = b"".join(h.surfaces[t] for t in want[-j:])
-            ext = h.own.extending(text)
-            if len(ext):
-                return j, text, ext
-        return 0, b"", np.zeros(0, dtype=np.int64)
+    def read(self, text: bytes) -> list[Cover] | None:
+        """Bring the cache to the member's reading of ``text`` (the lead's bytes so far) and return its covers
+        of the end (None: no token of its own spells the text on from some boundary).
 
-    def _extended(self, generated: str) -> list[int] | None:
-        """``ids`` + the member's tokens of the new text only (its reading so far kept), if they spell it."""
-        if self.surfaces is None or len(generated) <= len(self.text) or not generated.startswith(self.text):
+        The reading keeps the member's tokens that still spell the text (the last of them possibly running
+        past the end: read ahead), then reads on in the pieces it would write itself: at each boundary, its
+        likeliest token that spells the text from there, whether it ends inside the text, exactly at its end,
+        or runs past it (the member is in the middle of one of its own tokens, ``" tha"`` of ``" that"``: it
+        stops there and reads that token ahead). At the end, when its likeliest token *stops short* of
+        longer lead tokens, it reads that token ahead too: whether the text goes on into them is what it
+        says after that token.
+        """
+        base = len(self.head)
+        agree, ahead = self._agreeing(text)
+        path = self.ids[base : base + agree]
+        self._feed(self.head + path + ([ahead] if ahead is not None else []))
+        while ahead is None and self.ends[len(path)] < len(text):
+            choice = self._own_token(text, len(path))
+            if choice is None:
+                return None
+            token, runs_past = choice
+            if runs_past:
+                ahead = token
+            else:
+                path.append(token)
+            self._feed(self.head + path + ([ahead] if ahead is not None else []))
+        if ahead is None:
+            ahead = self._stops_short(text, len(path))
+            if ahead is not None:
+                self._feed(self.head + path + [ahead])
+        return self._covers(text, len(path), ahead)
+
+    def _own_token(self, text: bytes, j: int) -> tuple[int, bool] | None:
+        """At generated boundary ``j``: the member's likeliest token that spells the text on from there
+        (ending inside it, at its end, or running past it), and whether it runs past."""
+        row = self.rows_at[len(self.head) + j]
+        rest = text[self.ends[j]:]
+        index = self.lexicon.index
+        inside = [t for t in (index.home.get(rest[:n]) for n in range(1, min(len(rest), index.longest) + 1))
+                  if t is not None]
+        u, lp = self._runs_past(text, j)
+        best = max(inside, key=lambda t: float(row[t]), default=-1)
+        if best < 0 and u < 0:
             return None
-        piece = generated[len(self.text):]
-        new = self.member.encode(piece).ids
-        # A tokenizer may add a dummy prefix space to a piece (SentencePiece) or drop spaces (WordPiece).
-        return self.ids + new if self._spell(new) == piece.encode("utf-8") else None
+        if u >= 0 and (best < 0 or lp > float(row[best])):
+            return u, True
+        return best, False
 
-    def _spell(self, ids: Sequence[int]) -> bytes:
-        """The bytes ``ids`` spell in this member's surfaces (ids of logit padding spell nothing)."""
-        surfaces = self.surfaces or []
-        return b"".join(surfaces[t] if t < len(surfaces) else b"" for t in ids)
+    def _agreeing(self, text: bytes) -> tuple[int, int | None]:
+        """How many of the member's generated tokens spell the text, and the next one if it runs past the
+        end consistently with it (a token read ahead)."""
+        base, n = len(self.head), 0
+        for j, t in enumerate(self.ids[base:]):
+            s, start = self.lexicon.surfaces[t], self.ends[j]
+            if start + len(s) <= len(text):
+                if text[start : start + len(s)] != s:
+                    return n, None
+                n += 1
+            else:
+                is_last = base + j == len(self.ids) - 1
+                return n, (t if is_last and s.startswith(text[start:]) else None)
+        return n, None
 
-    def reading(self, generated: str) -> list[int]:
-        """The ids the member reads ``generated`` as: its canonical tokenization, unless it would have
-        written the text in its own pieces so far.
+    def _runs_past(self, text: bytes, j: int) -> tuple[int, float]:
+        """The likeliest token at generated boundary ``j`` that spells the text from there and runs past its
+        end, with its log-prob (``(-1, -inf)`` if none)."""
+        row = self.rows_at.get(len(self.head) + j)
+        if row is None:
+            return -1, -math.inf
+        vocab = self.lexicon.sorted
+        pending = text[self.ends[j]:]
+        lo, hi = vocab.longer(pending)
+        if lo >= hi:
+            return -1, -math.inf
+        ids = vocab.order[lo:hi]
+        best = int(torch.argmax(row[ids]))
+        return int(ids[best]), float(row[ids[best]])
 
-        A tokenization of a text that is still growing is not always a prefix of the tokenization of the
-        longer text. Byte-level BPE groups a text-final whitespace run into one token (``"\n\n"`` ->
-        ``ĊĊ``) but, before a word, splits off the last whitespace character (``Ċ Ċ The``), and BPE merges
-        re-segment earlier pieces as text arrives (``cl as`` -> ``cl a ss``). A model never sees ``ĊĊ`` before a word in
-        training, so re-reading the text canonically at every step puts it in a context it does not know
-        (SmolLM2 writes ``"2."`` after ``ĊĊ`` but ``"The"`` after ``Ċ Ċ``). The alternative reading keeps
-        the member's ids and tokenizes only the new text. Where the two first differ (position ``p``),
-        the member's own row at ``p`` decides: the reading whose token there it finds more likely is the
-        one it would have written itself (ties: canonical). A merge such as ``"hel" + "lo"`` still
-        becomes ``"hello"`` because the member prefers ``hello`` to ``hel`` before it.
-        """
-        canonical = self.head + (self.member.encode(generated).ids if generated else [])
-        extended = self._extended(generated)
-        if extended is None or extended == canonical:
-            return canonical
-        return extended if self._prefers(extended, canonical) else canonical
+    def _stops_short(self, text: bytes, j: int) -> int | None:
+        """The likeliest token from the last boundary, if it runs past the end and the lead has longer tokens
+        that extend its bytes beyond the end."""
+        if self.maps is None:
+            return None
+        u, _ = self._runs_past(text, j)
+        if u < 0:
+            return None
+        pending = len(text) - self.ends[j]
+        if not pending:
+            return u if self.maps.stops_short[u] else None
+        return u if self.maps.remainder(self.lexicon.surfaces[u][pending:])[1] else None
 
-    def _prefers(self, a: list[int], b: list[int]) -> bool:
-        """Whether, at the first position ``a`` and ``b`` differ, the member's own row there finds ``a``'s
-        token more likely than ``b``'s (False where that row is not at hand)."""
-        p = common_prefix(a, b)
-        if p >= min(len(a), len(b)) or common_prefix(self.ids, a) < p:
-            return False
-        row = self.rows_at.get(p)  # rows are kept for positions of ``ids``, here shared with ``a[:p]``
-        return row is not None and float(row[a[p]]) > float(row[b[p]])
+    def _covers(self, text: bytes, n_path: int, ahead: int | None) -> list[Cover]:
+        base, depth = len(self.head), self.lexicon.sorted.depth
+        covers = []
+        for j in range(n_path + 1):
+            p, start = base + j, self.ends[j]
+            pending = text[start:]
+            if len(pending) > depth or p not in self.rows_at or not self.lexicon.sorted.reaches(text, start, len(text)):
+                continue
+            skip = ahead if j == n_path else None
+            covers.append(Cover(self.log_before[j], self.rows_at[p].numpy(), pending, skip=skip))
+        if ahead is not None:
+            j = n_path + 1
+            beyond = self.lexicon.surfaces[ahead][len(text) - self.ends[n_path]:]
+            covers.append(Cover(self.log_before[j], self.rows_at[base + j].numpy(), b"", ahead=beyond))
+        return covers
 
-    def sync(self, generated: str) -> None:
-        """Bring the cache to ``head + reading(generated)``, reusing the common prefix.
-
-        Token healing: when the text ends with tokens ``t_1..t_j`` whose joint text is a proper prefix of
-        longer member tokens (the seed wrote a piece of a word the member holds as one token), the member's
-        row *before* ``t_1`` is consulted too. If its most likely extension beats ``t_1``, the member's next
-        text is the rest of those extensions (mapped to the seed's longest-prefix tokens), not a guess
-        from the middle of a token; otherwise the split is kept and the row after ``t_j`` is used.
-        Whitespace the member would join to the next word is healed the same way (`_word_split`).
-        """
-        want = self.reading(generated)
-        self.healed = None
-        self.text = generated
-        split = self._word_split(generated, want)
-        if split is not None:
-            before, tail, alone, ext = split
-            self.healed = self._heal(self._feed(before), alone, tail, ext)
-            if self.healed is not None:
-                self.text = generated[: len(generated) - len(tail.decode("utf-8"))]  # what ``ids`` spell
-                return
-        if common_prefix(self.ids, want) == len(want) == len(self.ids) and self.row is not None:
+    def _feed(self, want: list[int]) -> None:
+        """Bring the cache to ``want``, feeding only what differs from ``ids``; keep the rows at the last
+        boundaries (a cover reaches back at most the member's longest token)."""
+        if want == self.ids:
             return
-        j, tail, ext = self._tail(want)
-        self._feed(want, back=j)
-        if j:
-            self.healed = self._heal(self.rows_at[len(want) - j], want[-j], tail, ext)
-
-    def _feed(self, want: list[int], back: int = 0) -> torch.Tensor:
-        """Bring the cache to ``want`` and return its next-token row, feeding only what differs from
-        ``ids``; with ``back`` > 0 the row predicting ``want[-back]`` is kept too (the heal reads it)."""
-        common = common_prefix(self.ids, want)
-        # Rows of positions <= common stay valid (they depend on ids[:p] only); the rest are recomputed.
-        self.rows_at = {p: r for p, r in self.rows_at.items() if p <= common and p > len(want) - self.history}
-        common = min(common, len(want) - 1)  # always feed at least the last token (it gives the next row)
-        if back and len(want) - back not in self.rows_at:
-            common = min(common, len(want) - 1 - back)  # feed one token before the tail too: its row heals
+        common = min(common_prefix(self.ids, want), len(want) - 1)  # always feed the last token: it gives the row
+        while common >= len(self.head) and common not in self.rows_at:
+            common -= 1  # the row that scores the first fed token was let go: feed from further back
         if common < len(self.ids):
             crop_to(self.cache, common)
         rows = forward_cached(self.member, want[common:], self.cache)  # rows[i] predicts want[common + i + 1]
-        for i in range(max(0, len(rows) - self.history), len(rows)):
-            self.rows_at[common + i + 1] = rows[i]
+        base = len(self.head)
+        keep = max(common, base)
+        self.log_before, self.ends = self.log_before[: keep - base + 1], self.ends[: keep - base + 1]
+        self.rows_at = {p: r for p, r in self.rows_at.items() if p <= common}
+        for i, r in enumerate(rows):
+            p = common + i + 1
+            self.rows_at[p] = r
+            if p > keep:  # a generated token: its log-prob and where it ends
+                t = want[p - 1]
+                self.log_before.append(self.log_before[-1] + float(self.rows_at[p - 1][t]))
+                self.ends.append(self.ends[-1] + len(self.lexicon.surfaces[t]))
         self.row = rows[-1]
         self.ids = list(want)
-        return self.row
-
-    def _word_split(self, generated: str, want: list[int]) -> tuple[list[int], bytes, int, np.ndarray] | None:
-        """``(ids before, tail, tail's own token, tokens extending tail)`` where the text ends in whitespace
-        that this member joins to the next word, else None.
-
-        Byte-level BPE reads ``"\n    return"`` as ``"\n   "`` + ``" return"``, but a text that *ends* in
-        ``"\n    "`` as one whitespace token, after which a model has only ever seen a blank line: read
-        that way, it votes for ``"\n"`` and a pack with a seed that writes indentation as its own token
-        loops on blank lines. Where the member's tokens of the text plus a letter end in a token that
-        starts inside the text, the text is read up to that token, and the heal decides from there; but only
-        where the member, at the first token the two readings differ, prefers that boundary's token to the
-        reading ``want`` (a member whose own ``"ĠĠĠ"`` the seed just wrote goes on to ``" if"`` itself).
-        """
-        h = self.healer
-        if h is None or not generated or not generated[-1].isspace():
-            return None
-        probe = self.member.encode(generated + "a").ids
-        if not probe or probe[-1] >= len(h.surfaces) or not h.surfaces[probe[-1]].endswith(b"a"):
-            return None
-        tail = h.surfaces[probe[-1]][:-1]
-        if not tail.isspace() or self._spell(probe[:-1]) + tail != generated.encode("utf-8"):  # a dummy prefix
-            return None
-        before = self.head + probe[:-1]
-        if not self._prefers(before, want):
-            return None
-        alone, n = h.own.longest_prefix(tail)
-        ext = h.own.extending(tail)
-        if n != len(tail) or not len(ext):
-            return None
-        return before, tail, alone, ext
-
-    def _heal(self, before: torch.Tensor, first: int, tail: bytes, ext: np.ndarray) -> torch.Tensor | None:
-        h = self.healer
-        assert h is not None
-        cand = torch.from_numpy(ext)
-        scores = before[cand]
-        if float(scores.max()) <= float(before[first]):
-            return None  # the member itself would have split here: keep its row after the tail
-        top = scores.topk(min(h.max_candidates, len(cand)))
-        out = torch.full((h.seed_width,), float("-inf"))
-        for lp, v in zip(top.values.tolist(), cand[top.indices].tolist(), strict=True):
-            a, _ = h.seed.longest_prefix(h.surfaces[v][len(tail):])
-            if a >= 0:
-                out[a] = float(torch.logaddexp(out[a], torch.tensor(lp)))
-        if not bool(torch.isfinite(out).any()):
-            return None
-        out = out - torch.logsumexp(out, 0)
-        # Seed tokens no extension starts with: "as unlikely as the member's least likely token" (cf.
-        # fill_holes), so under the product rule the member does not flatten or veto the rest.
-        return torch.where(torch.isfinite(out), out, before.min()) if self.product else out
+        # A cover reaches back at most one token (plus one read ahead) from the end.
+        horizon = self.ends[-1] - 2 * self.lexicon.sorted.depth - 8
+        self.rows_at = {p: r for p, r in self.rows_at.items() if p >= base and self.ends[p - base] >= horizon}
 
 
 def allowed_ids(member: Member) -> torch.Tensor:
@@ -279,7 +263,7 @@ def pick(log_probs: torch.Tensor, temperature: float, top_p: float, generator: t
 
 
 def stable_text(text: str) -> str:
-    """Drop trailing U+FFFD: bytes of a character the seed has not finished emitting."""
+    """Drop trailing U+FFFD: bytes of a character the lead has not finished emitting."""
     return text.rstrip("\ufffd")
 
 
@@ -335,21 +319,18 @@ class Stream:
         self.weights.truncated = truncated
         self.timings["prompt_forward"] = t1 - t0
         self.timings["fit"] = time.perf_counter() - t1
-        self.seed_k = analysis.seed
-        self.readers = []
-        for k, m in enumerate(pack.members):
-            mode = "seed" if pack.same_tokenizer(k, self.seed_k) else "text"
-            healer = None
-            if mode == "text" and float(self.lam[k]) > 0 and pack.healing:
-                healer = Healer(pack._table(k).surface, pack.surface_index(k), pack.surface_index(self.seed_k),
-                                pack.members[self.seed_k].logits_width)
-            surfaces = pack._table(k).surface if mode == "text" else None
-            self.readers.append(_Reader(m, mode, heads[k], list(heads[k]), caches[k], rows[k], healer,
-                                        pack.fusion == "product", surfaces=surfaces))
-        seed_member = pack.members[self.seed_k]
-        self.allowed = allowed_ids(seed_member)
-        self.eos = seed_member.tokenizer.eos_token_id
-        self.active = [k for k in range(len(pack.members)) if float(self.lam[k]) > 0 or k == self.seed_k]
+        self.lead = pack.names.index(self.weights.seed)
+        self.active = [k for k in range(len(pack.members)) if float(self.lam[k]) > 0 or k == self.lead]
+        self.readers: dict[int, _Reader] = {}
+        for k in self.active:
+            maps = None if pack.same_tokenizer(k, self.lead) else pack.lead_maps(k, self.lead)
+            self.readers[k] = _Reader(pack.members[k], heads[k], list(heads[k]), caches[k], rows[k],
+                                      pack.lexicon(k), maps)
+        self.covers: dict[int, list[Cover] | None] = {k: self.readers[k].read(b"") for k in self.active}
+        lead = pack.members[self.lead]
+        self.allowed = allowed_ids(lead)
+        self.eos = lead.tokenizer.eos_token_id
+        self.cut: list[float] = []  # per step and voting member: the share of its vote cut short (votes.Vote.cut)
 
     def __iter__(self) -> Stream:
         return self
@@ -358,27 +339,40 @@ class Stream:
         return next(self._pieces)
 
     def _fused_row(self) -> torch.Tensor:
+        """``[W_L]`` the fused log-distribution of the lead's next token."""
         pack = self.pack
-        rows, present = [], []
+        width = pack.members[self.lead].logits_width
+        rows, weights = [], []
         for k in self.active:
             reader = self.readers[k]
-            r = reader.row
-            present.append(r is not None)
-            if reader.healed is not None:
-                rows.append(reader.healed)
-            elif r is not None:
-                rows.append(pack.project(k, self.seed_k, r[None])[0])
+            if reader.maps is None:  # the lead's own vocabulary: its row as it is
+                row = reader.row[:width]
+                if row.shape[0] < width:
+                    row = torch.cat([row, torch.full((width - row.shape[0],), float("-inf"))])
             else:
-                rows.append(torch.zeros(pack.members[self.seed_k].logits_width))
-        w = self.lam[self.active] * torch.tensor(present)
-        w = w / w.sum() if float(w.sum()) > 0 else (torch.arange(len(self.active)) ==
-                                                   self.active.index(self.seed_k)).float()
+                covers = self.covers[k]
+                v = vote(reader.maps, covers) if covers is not None else None
+                if v is None:
+                    continue  # no cover reaches the end of the text: it sits this step out
+                self.cut.append(v.cut)
+                row = torch.from_numpy(np.log(v.probs, where=v.probs > 0, out=np.full(width, -np.inf))).float()
+                if pack.fusion == "product":
+                    # Lead tokens no cover reaches: as unlikely as the member's least likely token (a vote is
+                    # sparse where a member is sure, so its own smallest vote would flatten it instead).
+                    floor = min(float(row[torch.isfinite(row)].min()), float(reader.row.min()))
+                    row = torch.where(torch.isfinite(row), row, torch.tensor(floor))
+            rows.append(fill_holes(row) if pack.fusion == "product" else row)
+            weights.append(float(self.lam[k]))
+        w = torch.tensor(weights)
+        w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1 / len(weights))
         fused = FUSIONS.get(pack.fusion)(torch.stack(rows), w)
         return fused.masked_fill(~self.allowed, float("-inf"))
 
     def _run(self) -> Iterator[str]:
-        seed_tok = self.pack.members[self.seed_k].tokenizer
+        lead_tok = self.pack.members[self.lead].tokenizer
+        surfaces = self.pack.lexicon(self.lead).surfaces
         generated: list[int] = []
+        spelled = b""  # the bytes the lead's tokens spell (a character may be unfinished)
         emitted = 0
         hold = max((len(s) for s in self.stop), default=1) - 1
         t0 = time.perf_counter()
@@ -391,7 +385,7 @@ class Stream:
                 self.finish_reason = "stop"
                 break
             generated.append(token)
-            full = seed_tok.decode(generated, skip_special_tokens=False)
+            full = lead_tok.decode(generated, skip_special_tokens=False)
             text = stable_text(full)
             cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
             if cut >= 0:
@@ -400,14 +394,13 @@ class Stream:
             self.text = text
             if self.n_tokens >= self.max_new_tokens:
                 break
+            spelled += surfaces[token] if token < len(surfaces) else b""
             for k in self.active:
                 reader = self.readers[k]
-                if reader.mode == "seed":
+                if reader.maps is None:
                     reader.append(token)
-                elif text == full:
-                    reader.sync(text)
                 else:
-                    reader.row, reader.healed = None, None  # mid-character: nothing it can read yet
+                    self.covers[k] = reader.read(spelled)
             safe = len(self.text) - hold
             if safe > emitted:
                 yield self.text[emitted:safe]

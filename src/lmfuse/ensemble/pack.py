@@ -9,10 +9,11 @@ Per prompt:
 3. the weighting strategy fits ``lambda`` on the prompt's bytes (``WEIGHTINGS``; the objective is the fused
    NLL per byte of the prompt's last ``fit_bytes`` bytes), and the fusion rule (``FUSIONS``) combines the
    members' next-byte distributions. Scoring (`PackScorer`) sums the fused log-probs of the scored bytes;
-4. decoding (`lmfuse.ensemble.generate`) emits the **seed** member's tokens (the lowest normalised NLL on
-   the prompt, or the user's choice), the other members' rows projected into its vocabulary.
+4. decoding (`lmfuse.ensemble.generate`) emits the **seed** member's tokens (the largest weight, ties by the
+   lowest normalised NLL, or the user's choice); every other member votes on them with its exact
+   probability of the text that comes next (`lmfuse.ensemble.votes`).
 
-NLL normalisation (``nll_norm``) is what makes members comparable when choosing the seed and for the
+NLL normalisation (``nll_norm``) is what makes members comparable when breaking seed ties and for the
 NLL-based strategies: ``"token"`` (mean NLL per token of the member's own tokenization, the paper's) or
 ``"byte"`` (total NLL per UTF-8 byte of the prompt, the same denominator for every member; the default,
 by measurement: see ``DEFAULT_NLL_NORM``).
@@ -26,13 +27,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from lmfuse.ensemble.bytelevel import N_OUTCOMES, ByteReading, SortedVocab, next_byte_logprobs
-from lmfuse.ensemble.fusion import FUSIONS, fill_holes
-from lmfuse.ensemble.preimages import Preimages
+from lmfuse.ensemble.fusion import FUSIONS
 from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
+from lmfuse.ensemble.votes import LeadMaps, Lexicon
 from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions, WeightProblem, fit_weights, renormalised
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
@@ -50,7 +50,8 @@ DEFAULT_FIT_BYTES = 1024
 
 @dataclass
 class WeightReport:
-    """Each member's weight and prompt NLL for one prompt, and which member was the seed."""
+    """Each member's weight and prompt NLL for one prompt, and the seed: the member whose tokens decoding
+    emits (the largest weight, ties by the lowest NLL, unless fixed)."""
 
     members: list[str]
     weights: list[float]
@@ -72,8 +73,9 @@ class WeightReport:
 
     def __str__(self) -> str:
         unit = "nats/token" if self.nll_norm == "token" else "nats/byte"
-        lines = [f"weighting {self.weighting} ({self.fusion} fusion); seed vocabulary: {self.seed} "
-                 f"(lowest NLL unless fixed); NLL in {unit} of each member's own tokenization"]
+        lines = [f"weighting {self.weighting} ({self.fusion} fusion); decoding emits {self.seed}'s tokens "
+                 f"(the seed: largest weight, ties by lowest NLL, unless fixed); NLL in {unit} of each member's "
+                 "own tokenization"]
         width = max(len(n) for n in self.members)
         for n, w, x in zip(self.members, self.weights, self.nll, strict=True):
             mark = "  <- seed" if n == self.seed else ""
@@ -87,12 +89,11 @@ class WeightReport:
 
 @dataclass
 class Analysis:
-    """Everything one prompt's forward passes give: runs per member, NLLs, seed, and the fit inputs."""
+    """Everything one prompt's forward passes give: runs per member, NLLs, and the fit inputs."""
 
     text: str
     runs: list[TextRun]
     nll: torch.Tensor  # [K] normalised
-    seed: int
     forward_seconds: float
 
 
@@ -101,8 +102,7 @@ class Pack:
 
     def __init__(self, members: Sequence[Member], weighting: str = DEFAULT_WEIGHTING, fusion: str = "product",
                  seed_member: str | None = None, nll_norm: str = DEFAULT_NLL_NORM, seed: int = 0,
-                 options: WeightOptions | None = None, fit_bytes: int = DEFAULT_FIT_BYTES,
-                 healing: bool = True) -> None:
+                 options: WeightOptions | None = None, fit_bytes: int = DEFAULT_FIT_BYTES) -> None:
         if not members:
             raise InputError("a pack needs at least one member")
         names = [m.name for m in members]
@@ -120,13 +120,12 @@ class Pack:
         self.options = options or WeightOptions()
         if fit_bytes < 1:
             raise InputError(f"fit_bytes must be a positive number of bytes, got {fit_bytes}")
-        self.fit_bytes, self.healing = fit_bytes, healing
-        self._maps: dict[tuple[int, int], Any] = {}
+        self.fit_bytes = fit_bytes
         self._same: dict[tuple[int, int], bool] = {}
         self._tables: dict[int, Any] = {}
-        self._surfaces: dict[int, Any] = {}
-        self._pre: dict[tuple[int, int], Preimages] = {}
         self._sorted: dict[int, SortedVocab] = {}
+        self._lexicons: dict[int, Lexicon] = {}
+        self._lead_maps: dict[tuple[int, int], LeadMaps] = {}
 
     @classmethod
     def load(cls, members: Sequence[str | Member] = (), weighting: str = DEFAULT_WEIGHTING,
@@ -161,23 +160,22 @@ class Pack:
                 b.backend_tokenizer.model)
         return self._same[key]
 
-    def vocab_map(self, k: int, s: int) -> Any:
-        """Member k -> seed s map: longest seed prefix (``lmfuse.alignment.prefix_map``), cached on disk."""
-        if (k, s) not in self._maps:
-            from lmfuse.alignment import build_vocab_map
-
-            self._maps[(k, s)] = build_vocab_map(self._table(k), self._table(s), method="prefix",
-                                                 src_width=self.members[k].logits_width,
-                                                 tgt_width=self.members[s].logits_width)
-        return self._maps[(k, s)]
-
-    def surface_index(self, k: int) -> Any:
-        """Member k's tokens by surface (exact, longest-prefix and extension lookups; token healing)."""
-        if k not in self._surfaces:
+    def lexicon(self, k: int) -> Lexicon:
+        """Member k's vocabulary as decoding votes read it (sorted surfaces, longest-prefix lookups)."""
+        if k not in self._lexicons:
             from lmfuse.alignment import surface_index
 
-            self._surfaces[k] = surface_index(self._table(k), self.members[k].logits_width)
-        return self._surfaces[k]
+            table, width = self._table(k), self.members[k].logits_width
+            eos = self.members[k].tokenizer.eos_token_id
+            self._lexicons[k] = Lexicon(self.sorted_vocab(k), surface_index(table, width), table.surface, width,
+                                        None if eos is None else int(eos))
+        return self._lexicons[k]
+
+    def lead_maps(self, k: int, lead: int) -> LeadMaps:
+        """Member k <-> lead vocabulary relations for k's votes while the lead decodes."""
+        if (k, lead) not in self._lead_maps:
+            self._lead_maps[(k, lead)] = LeadMaps.of(self.lexicon(k), self.lexicon(lead))
+        return self._lead_maps[(k, lead)]
 
     def _table(self, k: int) -> Any:
         if k not in self._tables:
@@ -185,19 +183,6 @@ class Pack:
 
             self._tables[k] = token_table(self.members[k].tokenizer)
         return self._tables[k]
-
-    def project(self, k: int, s: int, rows: torch.Tensor) -> torch.Tensor:
-        """Member k's rows ``[..., V_k]`` in the seed's vocabulary ``[..., V_s]``."""
-        seed_width = self.members[s].logits_width
-        if self.same_tokenizer(k, s):
-            out = rows[..., :seed_width]
-            if out.shape[-1] < seed_width:
-                pad = torch.full((*out.shape[:-1], seed_width - out.shape[-1]), float("-inf"))
-                out = torch.cat([out, pad], dim=-1)
-            return fill_holes(out) if self.fusion == "product" else out
-        lead = rows.shape[:-1]
-        flat = self.preimages(k, s).project(rows.reshape(-1, rows.shape[-1]), fill=self.fusion == "product")
-        return flat.reshape(*lead, seed_width)
 
     # ---- prompt analysis and weights -------------------------------------------------------------------
     def normalised_nll(self, run: TextRun, text: str) -> float:
@@ -207,31 +192,24 @@ class Pack:
         covered = text[run.offsets[0][0]:] if run.offsets else text
         return total / max(len(covered.encode("utf-8")), 1)
 
-    def choose_seed(self, nll: torch.Tensor) -> int:
+    def choose_seed(self, weights: torch.Tensor, nll: torch.Tensor) -> int:
+        """The member whose tokens decoding emits: the fixed ``seed_member``, else the largest weight (ties:
+        the lowest NLL), so with one-hot weights the pack decodes as that member alone."""
         if self.seed_member is not None:
             return self.names.index(self.seed_member)
-        return int(torch.argmin(nll))
+        top = weights.max()
+        return min((k for k in range(len(weights)) if float(weights[k]) >= float(top) - 1e-9),
+                   key=lambda k: float(nll[k]))
 
     def analyse(self, text: str, runs: Sequence[TextRun] | None = None) -> Analysis:
-        """Read ``text`` with every member (unless ``runs`` are given) and line positions up with the seed."""
+        """Read ``text`` with every member (unless ``runs`` are given) and normalise each member's NLL."""
         if not text:
             raise InputError("cannot weigh members on an empty prompt")
         t0 = time.perf_counter()
         runs = list(runs) if runs is not None else [read_text(m, text) for m in self.members]
         forward = time.perf_counter() - t0
         nll = torch.tensor([self.normalised_nll(r, text) for r in runs])
-        return Analysis(text, runs, nll, self.choose_seed(nll), forward)
-
-    def preimages(self, k: int, s: int) -> Preimages:
-        """Member k -> seed s vocabulary map inverted (CSR), to project rows while decoding."""
-        if (k, s) not in self._pre:
-            width, seed_width = self.members[k].logits_width, self.members[s].logits_width
-            if self.same_tokenizer(k, s):
-                self._pre[(k, s)] = Preimages.of(np.arange(width), seed_width, np.ones(width, dtype=bool))
-            else:
-                vmap = self.vocab_map(k, s)
-                self._pre[(k, s)] = Preimages.of(vmap.index, seed_width, vmap.exact)
-        return self._pre[(k, s)]
+        return Analysis(text, runs, nll, forward)
 
     def sorted_vocab(self, k: int) -> SortedVocab:
         """Member k's text tokens in lexicographic order of their surfaces (`lmfuse.ensemble.bytelevel`)."""
@@ -274,7 +252,7 @@ class Pack:
         w = fit_weights(name, problem, self.options)
         fitted = float(problem.objective(w)) if problem.log_probs is not None else None
         report = WeightReport(self.names, [float(x) for x in w], [float(x) for x in a.nll], self.nll_norm,
-                              self.names[a.seed], name, self.fusion, fitted, time.perf_counter() - t0,
+                              self.names[self.choose_seed(w, a.nll)], name, self.fusion, fitted, time.perf_counter() - t0,
                               a.forward_seconds)
         return w, report
 
@@ -408,7 +386,7 @@ class PackScorer:
             if fitted and len(pack.members) > 1:
                 raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
                                  "give a context, or use uniform, fixed, top1 or packllm-sim")
-            base = Analysis(context, [], torch.zeros(len(pack.members)), 0, 0.0)
+            base = Analysis(context, [], torch.zeros(len(pack.members)), 0.0)
             weights = self._remember({f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0]
                                       for n in self.weightings})
         for name in weights:
