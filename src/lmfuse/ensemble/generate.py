@@ -103,51 +103,58 @@ class _Reader:
 
     def read(self, text: bytes) -> list[Cover] | None:
         """Bring the cache to the member's reading of ``text`` (the lead's bytes so far) and return its covers
-        of the end (None: no token of its own spells the text on from some boundary).
+        of the end (None: no token of its own spells the text on from its boundaries).
 
-        The reading keeps the member's tokens that still spell the text (the last of them possibly running
-        past the end: read ahead), then reads on in the pieces it would write itself: at each boundary, its
-        likeliest token that spells the text from there, whether it ends inside the text, exactly at its end,
-        or runs past it (the member is in the middle of one of its own tokens, ``" tha"`` of ``" that"``: it
-        stops there and reads that token ahead). At the end, when its likeliest token *stops short* of
-        longer lead tokens, it reads that token ahead too: whether the text goes on into them is what it
-        says after that token.
+        The reading keeps the member's tokens that still spell the text, except the last, and reads on
+        from there in its likeliest pieces (`_best_from`): the tokenization of the rest of the text with the
+        most mass among those its greedy choices reach, ending at the end of the text or in a token that
+        runs past it (the member is in the middle of one of its own tokens, ``" tha"`` of ``" that"``: that
+        token is read ahead). At the end, when its likeliest next token *stops short* of longer lead
+        tokens, it reads that token ahead too: whether the text goes on into them is what it says after it.
         """
         base = len(self.head)
-        agree, ahead = self._agreeing(text)
-        path = self.ids[base : base + agree]
-        self._feed(self.head + path + ([ahead] if ahead is not None else []))
-        while ahead is None and self.ends[len(path)] < len(text):
-            choice = self._own_token(text, len(path))
-            if choice is None:
-                return None
-            token, runs_past = choice
-            if runs_past:
-                ahead = token
-            else:
-                path.append(token)
-            self._feed(self.head + path + ([ahead] if ahead is not None else []))
+        agree, _ = self._agreeing(text)
+        path = self.ids[base : base + max(agree - 1, 0)]  # the last token is decided again: "The" may be "They"
+        self._feed(self.head + path)
+        best = self._best_from(text, path)
+        if best is None:
+            return None
+        _, tokens, ahead = best
+        path = path + tokens
         if ahead is None:
+            self._feed(self.head + path)
             ahead = self._stops_short(text, len(path))
-            if ahead is not None:
-                self._feed(self.head + path + [ahead])
+        self._feed(self.head + path + ([ahead] if ahead is not None else []))
         return self._covers(text, len(path), ahead)
 
-    def _own_token(self, text: bytes, j: int) -> tuple[int, bool] | None:
-        """At generated boundary ``j``: the member's likeliest token that spells the text on from there
-        (ending inside it, at its end, or running past it), and whether it runs past."""
+    def _best_from(self, text: bytes, path: list[int]) -> tuple[float, list[int], int | None] | None:
+        """From the boundary after ``path`` (fed): ``(log mass, tokens, ahead)`` of the member's likeliest
+        reading of the rest of the text: its tokens up to the end, or up to a token that runs past it.
+        Greedy with one step of lookahead: a token ending inside the text is taken only if, read on from
+        it, it keeps more mass than the best token reaching the end from here."""
+        j = len(path)
         row = self.rows_at[len(self.head) + j]
         rest = text[self.ends[j]:]
+        if not rest:
+            return 0.0, [], None
         index = self.lexicon.index
         inside = [t for t in (index.home.get(rest[:n]) for n in range(1, min(len(rest), index.longest) + 1))
                   if t is not None]
+        options: list[tuple[float, list[int], int | None]] = []
+        if inside and self.lexicon.surfaces[inside[-1]] == rest:
+            options.append((float(row[inside[-1]]), [inside[-1]], None))  # ends exactly at the end
+            inside = inside[:-1]
         u, lp = self._runs_past(text, j)
-        best = max(inside, key=lambda t: float(row[t]), default=-1)
-        if best < 0 and u < 0:
-            return None
-        if u >= 0 and (best < 0 or lp > float(row[best])):
-            return u, True
-        return best, False
+        if u >= 0:
+            options.append((lp, [], u))
+        reach = max(options, key=lambda o: o[0], default=None)
+        step = max(inside, key=lambda t: float(row[t]), default=-1)
+        if step >= 0 and (reach is None or float(row[step]) > reach[0]):
+            self._feed(self.head + path + [step])
+            on = self._best_from(text, [*path, step])
+            if on is not None and (reach is None or float(row[step]) + on[0] > reach[0]):
+                return float(row[step]) + on[0], [step, *on[1]], on[2]
+        return reach
 
     def _agreeing(self, text: bytes) -> tuple[int, int | None]:
         """How many of the member's generated tokens spell the text, and the next one if it runs past the
@@ -212,6 +219,13 @@ class _Reader:
         """Bring the cache to ``want``, feeding only what differs from ``ids``; keep the rows at the last
         boundaries (a cover reaches back at most the member's longest token)."""
         if want == self.ids:
+            return
+        if len(want) < len(self.ids) and self.ids[: len(want)] == want and len(want) in self.rows_at:
+            crop_to(self.cache, len(want))  # back to a boundary already read: its row is kept
+            n = len(want) - len(self.head)
+            self.log_before, self.ends = self.log_before[: n + 1], self.ends[: n + 1]
+            self.rows_at = {p: r for p, r in self.rows_at.items() if p <= len(want)}
+            self.row, self.ids = self.rows_at[len(want)], list(want)
             return
         common = min(common_prefix(self.ids, want), len(want) - 1)  # always feed the last token: it gives the row
         while common >= len(self.head) and common not in self.rows_at:
