@@ -1,6 +1,6 @@
 """Generation fidelity: all weight on member B, decoding through another member's tokens.
 
-    python benchmarks/generation.py --out out/bench/generation.jsonl     # default pack, 60 prompts, 15 kinds
+    python benchmarks/generation.py --out out/bench/generation.jsonl     # default pack, 15 kinds
     python benchmarks/generation.py --members toy --tokens 8              # tiny members, end to end (CPU check)
 
 For every ordered pair (A, B): the pack ``[A, B]`` with weights (0, 1) and the seed fixed to A (so decoding
@@ -23,7 +23,6 @@ import json
 import sys
 import time
 from collections import defaultdict
-from itertools import permutations
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from lmfuse.ensemble.generate import Stream
 from lmfuse.models.member import Member
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generation_prompts import PROMPTS  # noqa: E402
+from generation_prompts import PROMPTS
 
 NEAR_TIE = 1e-4
 
@@ -81,8 +80,8 @@ def load_members(names: str) -> list[Member]:
         from lmfuse.models.toy import FAMILIES, toy_member
 
         return [toy_member(f, seed=i) for i, f in enumerate(FAMILIES) if f != "wordpiece"]
-    from lmfuse.models.load import load_member
     from lmfuse.models import zoo
+    from lmfuse.models.load import load_member
 
     chosen = names.split(",") if names else list(zoo.ZOO)
     return [load_member(n) for n in chosen]
@@ -98,8 +97,9 @@ def run(args: argparse.Namespace) -> None:
     with out.open("a") as sink:
         for b in members:
             for kind in kinds:
-                for i, prompt in enumerate(PROMPTS[kind][: args.per_kind]):
-                    pending = [a for a in members if a is not b and f"{a.name}>{b.name}|{kind}|{i}" not in done]
+                for i, prompt in enumerate(PROMPTS[kind][: max(args.per_kind, args.default_per_kind)]):
+                    pending = [a for a in members if a is not b and f"{a.name}>{b.name}|{kind}|{i}" not in done
+                               and i < args.per_kind]
                     check = f"default|{b.name}|{kind}|{i}"
                     if not pending and (check in done or i >= args.default_per_kind):
                         continue
@@ -184,8 +184,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", default="", help="comma-separated zoo names (default: the default pack), or toy")
     p.add_argument("--tokens", type=int, default=16, help="B's own greedy tokens per prompt")
-    p.add_argument("--per-kind", type=int, default=4)
-    p.add_argument("--default-per-kind", type=int, default=1, help="prompts per kind for the unfixed-seed check")
+    p.add_argument("--per-kind", type=int, default=2, help="prompts per kind for the fixed-seed pairs")
+    p.add_argument("--default-per-kind", type=int, default=4, help="prompts per kind for the unfixed-seed check")
     p.add_argument("--kinds", default="", help="comma-separated kinds (default: all fifteen)")
     p.add_argument("--out", default="out/bench/generation.jsonl")
     p.add_argument("--report-only", action="store_true")

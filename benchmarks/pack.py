@@ -1,14 +1,15 @@
-"""Benchmark the pack on real members: decoding speed, weight-fit share, scoring throughput, memory, fidelity.
+"""Benchmark the pack on real members: decoding speed, weight-fit share, scoring throughput, memory.
 
     python benchmarks/pack.py                       # the installed default-pack members
-    python benchmarks/pack.py --members smollm2,gemma3 --tokens 24 --parts speed,fidelity
+    python benchmarks/pack.py --members smollm2,gemma3 --tokens 24 --parts speed,fit
+
+Generation fidelity has its own benchmark: benchmarks/generation.py.
 
 Prints one table per part with the baseline measured in the same run, and the ratios:
 * speed     fused greedy time per token vs the sum of the members' own cached greedy time per token
             (goal <= 1.15x), and weight fitting as a share of the prompt's forward passes (goal <= 5%);
 * scoring   multiple-choice examples per second with and without prefix (KV cache) reuse;
 * memory    peak resident memory vs the sum of the members' weights;
-* fidelity  all weight on member B, seed A: share of B's own greedy characters reproduced (goal >= 0.95);
 * fit       weight fitting on a long (~250-token) prompt as a share of its forward passes (goal <= 5%),
             and the fitted weights (to compare implementations: they must not change).
 """
@@ -17,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from itertools import permutations
 
-from lmfuse.ensemble import Pack, WeightOptions, pack_scorer
+from lmfuse.ensemble import Pack, pack_scorer
 from lmfuse.models.load import load_member
 
 PROMPTS = [
@@ -35,13 +34,6 @@ CONTEXT = ("Question: Which of these sentences uses the adjective order a native
            "(A) a lovely little old rectangular green French silver whittling knife\n"
            "(B) a green French lovely rectangular little old silver whittling knife\nAnswer:")
 OPTIONS = [" (A)", " (B)", " both", " neither"]
-
-
-def agreement(reference: str, got: str) -> float:
-    """Share of the reference's characters reproduced before the first difference."""
-    same = next((i for i, (a, b) in enumerate(zip(reference, got, strict=False)) if a != b),
-                min(len(reference), len(got)))
-    return same / max(len(reference), 1)
 
 
 def speed(pack: Pack, prompts: list[str], tokens: int) -> None:
@@ -77,24 +69,6 @@ def memory(pack: Pack) -> None:
           f"| ratio {peak / weights:.2f}x |")
 
 
-def fidelity(pack: Pack, prompts: list[str], tokens: int) -> None:
-    own = {m.name: Pack([m]).generate(prompts, max_new_tokens=tokens) for m in pack.members}
-    for a, b in permutations(range(len(pack.members)), 2):
-        weights = [0.0] * len(pack.members)
-        weights[b] = 1.0
-        # The seed may need more tokens than B for the same text: give it 1.5x and compare over B's text.
-        fused = Pack(pack.members, weighting="fixed", seed_member=pack.names[a],
-                     options=WeightOptions(fixed=weights)).generate(prompts, max_new_tokens=tokens * 3 // 2)
-        ref = own[pack.names[b]]
-        chars = sum(len(r.text) for r in ref)
-        agree = sum(agreement(r.text, f.text[: len(r.text)]) * len(r.text) for r, f in zip(ref, fused, strict=True))
-        print(f"| seed {pack.names[a]} | all weight on {pack.names[b]} | {agree / max(chars, 1):.3f} of {chars} chars "
-              f"| identical texts {sum(f.text.startswith(r.text) for r, f in zip(ref, fused, strict=True))}/{len(ref)} |")
-        for r, f in zip(ref, fused, strict=True):
-            if not f.text.startswith(r.text):
-                print(f"|   | own {r.text!r} | fused {f.text!r} |", file=sys.stderr)
-
-
 LONG_PROMPT = (
     "How would a typical person answer each of the following questions about causation?\n"
     "Frank T., had an ongoing dispute with his neighbor over a stretch of land and one day decided to shoot his "
@@ -124,7 +98,8 @@ def fit_share(pack: Pack, repeats: int = 2) -> None:
             t0 = time.perf_counter()
             w, report = pack.fit(a, weighting)
             best = min(best, time.perf_counter() - t0)
-        print(f"| {weighting} | seed {pack.names[a.seed]} | {len(runs[a.seed].ids)} seed tokens | fit {best:.2f} s "
+        seed = pack.names.index(report.seed)
+        print(f"| {weighting} | seed {report.seed} | {len(runs[seed].ids)} seed tokens | fit {best:.2f} s "
               f"| forward {forward:.2f} s | share {best / forward:.1%} | weights "
               f"{', '.join(f'{n} {x:.4f}' for n, x in zip(pack.names, w.tolist(), strict=True))} "
               f"| fitted NLL {report.fitted_nll:.5f} |")
@@ -180,7 +155,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--mc", type=int, default=3, help="multiple-choice examples per scoring run")
-    parser.add_argument("--parts", default="norm,speed,scoring,fit,fidelity,memory")
+    parser.add_argument("--parts", default="norm,speed,scoring,fit,memory")
     args = parser.parse_args()
     if args.members:
         specs = args.members.split(",")
@@ -204,8 +179,6 @@ def main() -> None:
         scoring(pack, args.mc)
     if "fit" in parts:
         fit_share(pack)
-    if "fidelity" in parts:
-        fidelity(pack, prompts, args.tokens)
     if "memory" in parts:
         memory(pack)
 

@@ -30,16 +30,32 @@ def test_k1_greedy_equals_uncached_reference_on_real_member(name: str) -> None:
     assert Pack([member]).generate([PROMPT], max_new_tokens=12)[0].text == reference_greedy(member, PROMPT, 12)
 
 
+@pytest.mark.parametrize("b", ["smollm2", "gemma3", "qwen-coder"])
+def test_one_hot_pack_generates_exactly_as_each_real_member(b: str) -> None:
+    """All weight on B with the other members present: the seed is B (the heaviest), so the pack writes
+    B's own greedy text, token for token."""
+    members = [load(n) for n in ("smollm2", "gemma3", "qwen-coder")]
+    k = [m.name for m in members].index(b)
+    fixed = [1.0 if i == k else 0.0 for i in range(3)]
+    for prompt in ("The capital of France is Paris. The capital of Italy is", "東京は日本の首都であり、"):
+        own = Pack([members[k]]).generate([prompt], max_new_tokens=12)[0]
+        fused = Pack(members, weighting="fixed", options=WeightOptions(fixed=fixed)).generate(
+            [prompt], max_new_tokens=12)[0]
+        assert fused.weights.seed == b and fused.text == own.text, (own.text, fused.text)
+
+
 @pytest.mark.parametrize(("seed", "b", "prompt"), [
     ("smollm2", "gemma3", PROMPT),
     # gemma3 writes "\n\n" as one token; smollm2 reads "Ċ Ċ The" but would re-read a text-final "\n\n"
     # as "ĊĊ" and then write "2." (the regression behind the 0.617 figure).
     ("gemma3", "smollm2", "The capital of France is Paris. The capital of Italy is"),
-    # gemma3 writes smollm2's own "ĠĠĠ" as "   "; smollm2 must go on to " if" (4 spaces), not re-read the
+    # gemma3 writes smollm2's own "ĠĠĠ" as "   "; smollm2 must go on to " if" (4 spaces), not read the
     # text before its last space as if the seed had written a whole indentation token.
     ("gemma3", "smollm2", "def fibonacci(n):"),
 ])
-def test_cross_tokenizer_fidelity_on_real_pair(seed: str, b: str, prompt: str) -> None:
+def test_member_reads_another_seeds_text_in_its_own_pieces_on_real_pair(seed: str, b: str, prompt: str) -> None:
+    """All weight on B, the seed fixed to A: B votes through A's tokens. Where B's likeliest next text is
+    clear, the pack writes B's text (the reading does not derail on another segmentation)."""
     a, bm = load(seed), load(b)
     own = Pack([bm]).generate([prompt], max_new_tokens=16)[0].text
     fused = Pack([a, bm], weighting="fixed", seed_member=a.name,
@@ -54,7 +70,6 @@ def test_fused_code_does_not_loop_on_blank_indented_lines(weighting: str) -> Non
     ``"\\n    "`` over and over (uniform from the first line; packllm-opt after two)."""
     pack = Pack([load(n) for n in ("smollm2", "gemma3", "qwen-coder")], weighting=weighting)
     gen = pack.generate(["def quicksort(xs):"], max_new_tokens=40)[0]
-    assert gen.weights.seed == "gemma3"
     assert "\n    \n    \n" not in gen.text, gen.text
     assert gen.text.count("return") >= 1, gen.text
 

@@ -115,14 +115,14 @@ class _Reader:
         base = len(self.head)
         agree, _ = self._agreeing(text)
         path = self.ids[base : base + max(agree - 1, 0)]  # the last token is decided again: "The" may be "They"
-        self._feed(self.head + path)
+        self._feed(self.head + path, exact=False)
         best = self._best_from(text, path)
         if best is None:
             return None
         _, tokens, ahead = best
         path = path + tokens
         if ahead is None:
-            self._feed(self.head + path)
+            self._feed(self.head + path, exact=False)
             ahead = self._stops_short(text, len(path))
         self._feed(self.head + path + ([ahead] if ahead is not None else []))
         return self._covers(text, len(path), ahead)
@@ -150,7 +150,7 @@ class _Reader:
         reach = max(options, key=lambda o: o[0], default=None)
         step = max(inside, key=lambda t: float(row[t]), default=-1)
         if step >= 0 and (reach is None or float(row[step]) > reach[0]):
-            self._feed(self.head + path + [step])
+            self._feed([*self.head, *path, step], exact=False)
             on = self._best_from(text, [*path, step])
             if on is not None and (reach is None or float(row[step]) + on[0] > reach[0]):
                 return float(row[step]) + on[0], [step, *on[1]], on[2]
@@ -215,12 +215,16 @@ class _Reader:
             covers.append(Cover(self.log_before[j], self.rows_at[base + j].numpy(), b"", ahead=beyond))
         return covers
 
-    def _feed(self, want: list[int]) -> None:
+    def _feed(self, want: list[int], exact: bool = True) -> None:
         """Bring the cache to ``want``, feeding only what differs from ``ids``; keep the rows at the last
-        boundaries (a cover reaches back at most the member's longest token)."""
+        boundaries (a cover reaches back at most the member's longest token). With ``exact=False`` a cache
+        that already holds ``want`` and more is left as it is (the rows up to ``want`` are what is needed,
+        and the tokens after it may be read again)."""
         if want == self.ids:
             return
         if len(want) < len(self.ids) and self.ids[: len(want)] == want and len(want) in self.rows_at:
+            if not exact:
+                return
             crop_to(self.cache, len(want))  # back to a boundary already read: its row is kept
             n = len(want) - len(self.head)
             self.log_before, self.ends = self.log_before[: n + 1], self.ends[: n + 1]
