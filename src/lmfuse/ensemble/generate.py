@@ -56,6 +56,9 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+LOG_ENDING_SHARE = math.log(0.01)  # a token ending at the end is read unless it has < 1% of a running one's mass
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two id sequences."""
     n = 0
@@ -140,21 +143,24 @@ class _Reader:
         index = self.lexicon.index
         inside = [t for t in (index.home.get(rest[:n]) for n in range(1, min(len(rest), index.longest) + 1))
                   if t is not None]
-        options: list[tuple[float, list[int], int | None]] = []
+        ending: tuple[float, list[int], int | None] | None = None
         if inside and self.lexicon.surfaces[inside[-1]] == rest:
-            options.append((float(row[inside[-1]]), [inside[-1]], None))  # ends exactly at the end
+            ending = (float(row[inside[-1]]), [inside[-1]], None)  # ends exactly at the end
             inside = inside[:-1]
         u, lp = self._runs_past(text, j)
-        if u >= 0:
-            options.append((lp, [], u))
-        reach = max(options, key=lambda o: o[0], default=None)
+        running: tuple[float, list[int], int | None] | None = (lp, [], u) if u >= 0 else None
+        # A token ending exactly at the end keeps its continuation (the row after it), while the tokens running
+        # past stay covers of this boundary either way: only a negligible ending token gives way to one read ahead.
+        reach = ending if ending is not None and (running is None or ending[0] >= running[0] + LOG_ENDING_SHARE) \
+            else running
+        best_mass = max((o[0] for o in (ending, running) if o is not None), default=-math.inf)
         step = max(inside, key=lambda t: float(row[t]), default=-1)
-        if step >= 0 and (reach is None or float(row[step]) > reach[0]):
+        if step >= 0 and float(row[step]) > best_mass:
             self._feed([*self.head, *path, step], exact=False)
             on = self._best_from(text, [*path, step])
-            if on is not None and (reach is None or float(row[step]) + on[0] > reach[0]):
+            if on is not None and float(row[step]) + on[0] > best_mass:
                 return float(row[step]) + on[0], [step, *on[1]], on[2]
-        return reach
+        return None if reach is None else (best_mass, reach[1], reach[2])
 
     def _agreeing(self, text: bytes) -> tuple[int, int | None]:
         """How many of the member's generated tokens spell the text, and the next one if it runs past the
