@@ -58,10 +58,12 @@ def test_prefix_map_cached_on_disk_with_the_content_hash_key(tokenizers3: dict[s
     assert again.method == "prefix"
 
 
-def test_surface_index_extending_and_width(tables: dict[str, Any]) -> None:
+def test_surface_index_longest_prefix_and_width(tables: dict[str, Any]) -> None:
     t = tables["bytebpe"]
     index = surface_index(t)
-    ext = index.extending(b" t")
-    assert len(ext) and all(t.surface[i].startswith(b" t") and t.surface[i] != b" t" for i in ext.tolist())
+    for text in (b" the end", b"zzz", b"\n\n  x"):
+        j, n = index.longest_prefix(text)
+        assert j >= 0 and t.surface[j] == text[:n]
+        assert not any(t.surface[i] == text[:m] for i in range(t.size) for m in range(n + 1, len(text) + 1))
     narrow = surface_index(t, 10)
     assert all(i < 10 for i in narrow.home.values())

@@ -6,7 +6,6 @@ import pytest
 
 from lmfuse.ensemble import Pack, WeightOptions
 
-from .test_fidelity import char_agreement
 from .test_pack import reference_greedy
 
 pytestmark = pytest.mark.real

@@ -15,7 +15,6 @@ tokens map to nothing. ``distance`` is the number of characters dropped from the
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +25,10 @@ from lmfuse.alignment.vocab import METHODS, exact_map, nearest_by_edit_distance
 
 @dataclass
 class SurfaceIndex:
-    """A vocabulary's NORMAL and BYTE tokens by surface bytes: exact lookup, longest prefix, extensions."""
+    """A vocabulary's NORMAL and BYTE tokens by surface bytes: exact and longest-prefix lookups."""
 
     home: dict[bytes, int]  # surface -> id (NORMAL before BYTE, then the lowest id)
     longest: int
-    sorted_surfaces: list[bytes]
-    sorted_ids: np.ndarray
 
     def longest_prefix(self, s: bytes) -> tuple[int, int]:
         """``(id, length)`` of the token whose surface is the longest prefix of ``s``; ``(-1, 0)`` if none."""
@@ -40,12 +37,6 @@ class SurfaceIndex:
             if j is not None:
                 return j, n
         return -1, 0
-
-    def extending(self, s: bytes) -> np.ndarray:
-        """Ids of the tokens whose surface starts with ``s`` and is strictly longer."""
-        lo = bisect.bisect_right(self.sorted_surfaces, s)  # skips ``s`` itself
-        hi = bisect.bisect_left(self.sorted_surfaces, s + b"\xff" * (self.longest + 1), lo)
-        return self.sorted_ids[lo:hi]
 
 
 def surface_index(table: TokenTable, width: int | None = None) -> SurfaceIndex:
@@ -56,9 +47,7 @@ def surface_index(table: TokenTable, width: int | None = None) -> SurfaceIndex:
         for t in np.flatnonzero(table.kind == kind).tolist():
             if t < width and table.surface[t]:
                 home.setdefault(table.surface[t], t)
-    ordered = sorted((table.surface[t], t) for t in home.values())
-    return SurfaceIndex(home, max((len(s) for s in home), default=0), [s for s, _ in ordered],
-                        np.array([t for _, t in ordered], dtype=np.int64))
+    return SurfaceIndex(home, max((len(s) for s in home), default=0))
 
 
 @METHODS.register("prefix")

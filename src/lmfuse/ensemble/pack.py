@@ -337,7 +337,7 @@ class PackScorer:
                                         "context_length": m.context_length, **m.info} for m in pack.members}
         for w in self.weightings:
             out[f"pack[{w}]"] = {"members": pack.names, "weighting": w, "fusion": pack.fusion,
-                                 "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "lowest NLL",
+                                 "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "largest weight",
                                  "fit_bytes": pack.fit_bytes, "probabilities": "exact byte-level (prefix covering)",
                                  "weights_fitted_on": "the context (prompt) only"}
         return out
