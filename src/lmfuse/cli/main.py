@@ -17,7 +17,7 @@ from lmfuse.registry import UnknownNameError
 
 # Subcommand modules, in the order `lmfuse --help` lists them. A module that is missing is skipped,
 # so the CLI keeps working while a subcommand is being built.
-COMMANDS = ("zoo", "eval", "score", "generate", "align", "fuse", "serve")
+COMMANDS = ("zoo", "eval", "score", "generate", "align", "fuse", "serve", "lmeval")
 
 
 def build_parser() -> argparse.ArgumentParser:
