@@ -137,7 +137,6 @@ def test_lmfuse_lm_eval_passes_arguments_through_and_adds_the_weights_file() -> 
 def test_lmfuse_lm_eval_runs_a_local_task_on_the_default_pack(tmp_path: Path) -> None:
     """The documented command, end to end: lm-eval's CLI through ``lmfuse lm-eval`` on the real default pack."""
     from conftest import real_home
-
     from lmfuse.cli.main import main
 
     if real_home() is None:
