@@ -143,3 +143,16 @@ def test_lead_maps_name_the_tokens_that_stop_short(toy_members: dict[str, Member
         # some seed token extends it, and no longer member token is a prefix of that seed token
         assert any(t.startswith(s) and len(t) > len(s) and not any(
             t.startswith(m) and len(m) > len(s) for m in member_surfaces) for t in seed_surfaces)
+
+
+def test_members_read_a_lossy_seeds_decoded_text(toy_members: dict[str, Member]) -> None:
+    """A WordPiece seed's surfaces do not spell its text (it invents spaces at decoding); the others read the
+    decoded text, so their tokens spell what the pack wrote."""
+    seed, member = toy_members["wordpiece"], toy_members["bytebpe"]
+    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.6, 0.4]))
+    stream = Stream(pack, "the end of the", max_new_tokens=10)
+    text = "".join(stream)
+    reader = stream.readers[1]
+    spelled = b"".join(pack.lexicon(1).surfaces[t] for t in reader.ids[len(reader.head):]).decode("utf-8", "replace")
+    n = min(len(spelled), len(text))
+    assert n > 0 and spelled[:n] == text[:n], (spelled, text)

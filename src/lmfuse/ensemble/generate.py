@@ -419,12 +419,15 @@ class Stream:
             if self.n_tokens >= self.max_new_tokens:
                 break
             spelled += surfaces[token] if token < len(surfaces) else b""
+            # The others read the decoded text (a lossy seed's surfaces may not spell it: WordPiece) and, while
+            # the seed is inside a character, the bytes of it written so far.
+            reading = text.encode("utf-8") + (spelled[valid_utf8_prefix(spelled):] if text != full else b"")
             for k in self.active:
                 reader = self.readers[k]
                 if reader.maps is None:
                     reader.append(token)
                 else:
-                    self.covers[k] = reader.read(spelled)
+                    self.covers[k] = reader.read(reading)
             safe = len(self.text) - hold
             if safe > emitted:
                 yield self.text[emitted:safe]
