@@ -116,8 +116,7 @@ class _Reader:
         tokens, it reads that token ahead too: whether the text goes on into them is what it says after it.
         """
         base = len(self.head)
-        agree, _ = self._agreeing(text)
-        path = self.ids[base : base + max(agree - 1, 0)]  # the last token is decided again: "The" may be "They"
+        path = self.ids[base : base + max(self._agreeing(text) - 1, 0)]  # the last token is decided again: "The" may be "They"
         self._feed(self.head + path, exact=False)
         best = self._best_from(text, path)
         if best is None:
@@ -162,20 +161,15 @@ class _Reader:
                 return float(row[step]) + on[0], [step, *on[1]], on[2]
         return None if reach is None else (best_mass, reach[1], reach[2])
 
-    def _agreeing(self, text: bytes) -> tuple[int, int | None]:
-        """How many of the member's generated tokens spell the text, and the next one if it runs past the
-        end consistently with it (a token read ahead)."""
-        base, n = len(self.head), 0
-        for j, t in enumerate(self.ids[base:]):
+    def _agreeing(self, text: bytes) -> int:
+        """How many of the member's generated tokens (from the first) still spell the text."""
+        n = 0
+        for j, t in enumerate(self.ids[len(self.head):]):
             s, start = self.lexicon.surfaces[t], self.ends[j]
-            if start + len(s) <= len(text):
-                if text[start : start + len(s)] != s:
-                    return n, None
-                n += 1
-            else:
-                is_last = base + j == len(self.ids) - 1
-                return n, (t if is_last and s.startswith(text[start:]) else None)
-        return n, None
+            if start + len(s) > len(text) or text[start : start + len(s)] != s:
+                break
+            n += 1
+        return n
 
     def _runs_past(self, text: bytes, j: int) -> tuple[int, float]:
         """The likeliest token at generated boundary ``j`` that spells the text from there and runs past its
