@@ -152,3 +152,14 @@ def test_lmfuse_lm_eval_runs_a_local_task_on_the_default_pack(tmp_path: Path) ->
     assert 0 <= acc <= 1
     weights = [json.loads(x) for x in (out / "lmfuse-weights.jsonl").read_text().splitlines()]
     assert len(weights) == 3 and all(set(w["weights"]) == {"smollm2", "gemma3", "qwen-coder"} for w in weights)
+
+
+def test_lmfuse_lm_eval_finds_the_task_names() -> None:
+    from lmfuse.cli.lmeval import task_names, with_local_tasks
+
+    argv = ["run", "--include_path", "/tmp/lmfuse_x", "--tasks", "a,lmfuse_piqa", "b", "--limit", "3", "-t=c"]
+    assert task_names(argv) == ["a", "lmfuse_piqa", "b", "c"]
+    plain = ["run", "--include_path", "/tmp/test_lmfuse_dir", "--tasks", "toy_mc"]
+    assert with_local_tasks(plain) == plain  # a path that merely contains "lmfuse_" is not a task
+    with pytest.raises(InputError, match="include_path"):
+        with_local_tasks(["run", "--include_path", "d", "--tasks", "lmfuse_piqa"])

@@ -39,10 +39,27 @@ def with_weights_out(argv: list[str]) -> list[str]:
     return [*argv, "--model_args", extra]
 
 
+def task_names(argv: list[str]) -> list[str]:
+    """The task names given to lm-eval's ``--tasks`` (space- or comma-separated values)."""
+    names: list[str] = []
+    taking = False
+    for a in argv:
+        if a.startswith("--tasks=") or a.startswith("-t="):
+            names += a.split("=", 1)[1].split(",")
+            taking = False
+        elif a in ("--tasks", "-t"):
+            taking = True
+        elif a.startswith("-"):
+            taking = False
+        elif taking:
+            names += a.split(",")
+    return [n for n in names if n]
+
+
 def with_local_tasks(argv: list[str]) -> list[str]:
     """``argv`` with ``--include_path`` set to lmfuse's offline task files (`lmfuse.eval.harness_tasks`) when
     a ``lmfuse_*`` task is asked for (their data is fetched if it is not yet)."""
-    if not any("lmfuse_" in a for a in argv):
+    if not any(name.startswith("lmfuse_") for name in task_names(argv)):
         return argv
     if any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
         raise InputError("lmfuse_* tasks need lmfuse's own task folder as --include_path; drop --include_path "
