@@ -95,6 +95,7 @@ class _Reader:
     rows_at: dict[int, torch.Tensor] = field(default_factory=dict)  # position p -> row predicting ids[p]
     log_before: list[float] = field(default_factory=list)  # p - len(head) -> log P(ids[len(head):p])
     ends: list[int] = field(default_factory=list)  # p - len(head) -> byte offset of boundary p in the text
+    dead: set[int] = field(default_factory=set)  # byte offsets from which no token reaches the end any more
 
     def __post_init__(self) -> None:
         self.rows_at[len(self.ids)] = self.row
@@ -205,7 +206,10 @@ class _Reader:
         for j in range(n_path + 1):
             p, start = base + j, self.ends[j]
             pending = text[start:]
-            if len(pending) > depth or p not in self.rows_at or not self.lexicon.sorted.reaches(text, start, len(text)):
+            if len(pending) > depth or p not in self.rows_at or start in self.dead:
+                continue
+            if not self.lexicon.sorted.reaches(text, start, len(text)):
+                self.dead.add(start)  # no token spells the text from here on, however it grows
                 continue
             skip = ahead if j == n_path else None
             covers.append(Cover(self.log_before[j], self.rows_at[p].numpy(), pending, skip=skip))

@@ -25,6 +25,7 @@ boundary before the end are not votes).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -47,10 +48,17 @@ class Lexicon:
     width: int
     eos: int | None
     text: np.ndarray = field(init=False)  # [width] bool
+    in_order: list[bytes] = field(init=False)  # the text tokens' surfaces, sorted (bisect finds extensions)
 
     def __post_init__(self) -> None:
         self.text = np.zeros(self.width, dtype=bool)
         self.text[self.sorted.order.numpy()] = True
+        self.in_order = [self.surfaces[i] for i in self.sorted.order.tolist()]
+
+    def extended(self, r: bytes) -> bool:
+        """Whether some token's surface starts with ``r`` and is longer."""
+        i = bisect.bisect_right(self.in_order, r)
+        return i < len(self.in_order) and self.in_order[i].startswith(r)
 
 
 @dataclass
@@ -82,8 +90,7 @@ class LeadMaps:
         """``(a(r), whether the lead has tokens extending r)``, memoised (remainders recur every step)."""
         hit = self._remainders.get(r)
         if hit is None:
-            lo, hi = self.lead.sorted.longer(r)
-            hit = self._remainders[r] = (self.lead.index.longest_prefix(r)[0], hi > lo)
+            hit = self._remainders[r] = (self.lead.index.longest_prefix(r)[0], self.lead.extended(r))
         return hit
 
 
