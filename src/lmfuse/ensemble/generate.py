@@ -6,8 +6,8 @@ The loop, per prompt:
    the last ``context_length - max_new_tokens - 1`` prompt tokens are kept when a prompt is too long for
    a member (left truncation, per member, in its own tokens). The same passes give the rows that fit
    the weights (`Pack.fit`) — no extra forward pass.
-2. The **lead** is the member with the largest weight (ties: the lowest prompt NLL), or the pack's fixed
-   ``seed_member``. Decoding emits the lead's tokens, so with one-hot weights the pack decodes exactly as
+2. The **lead** (the *seed* of `WeightReport` and the docs) is the member with the largest weight (ties: the
+   lowest prompt NLL), or the pack's fixed ``seed_member``. Decoding emits the lead's tokens, so with one-hot weights the pack decodes exactly as
    that member alone, whoever read the prompt best.
 3. Each step fuses, over the lead's vocabulary, the lead's own next-token row and every other weighted
    member's **vote** (`lmfuse.ensemble.votes`): its exact probability of the text that comes next, by

@@ -1,6 +1,6 @@
 """A member's vote on the lead's next token, from its exact prefix-covering probabilities. Pure tensor maths.
 
-Decoding emits the tokens of one member, the *lead* (`lmfuse.ensemble.generate`). Every other member ``k``
+Decoding emits the tokens of one member, the *lead* (the seed member; `lmfuse.ensemble.generate`). Every other member ``k``
 votes with its own probability of the text that comes next, read as `lmfuse.ensemble.bytelevel` reads it:
 the covers of the text so far whose leading tokens are ``k``'s own reading of it (boundaries ``B_j``, each
 with ``k``'s next-token row there) and whose last token ``u`` runs on past the end. The bytes of ``u``
