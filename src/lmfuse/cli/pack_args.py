@@ -23,9 +23,9 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", help="comma-separated member weights for --weighting fixed")
     g.add_argument("--tau", type=float, default=1.0, help="temperature of packllm-sim (default: 1)")
     g.add_argument("--fusion", default="product", help=f"fusion rule: {', '.join(FUSIONS.names())}")
-    g.add_argument("--seed-member", help="fix the seed (vocabulary) member instead of the lowest-NLL one")
+    g.add_argument("--seed-member", help="fix the member whose tokens generation emits (default: the largest weight)")
     g.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
-                   help="NLL normalisation for the seed and NLL-based weights (default: %(default)s)")
+                   help="NLL normalisation for NLL-based weights and seed ties (default: %(default)s)")
     g.add_argument("--dtype", default="float32", help="weights dtype (float32, bfloat16, float16)")
 
 
