@@ -61,7 +61,7 @@ def own_greedy(member: Member, prompt: str, tokens: int) -> dict[str, Any]:
 def fused_text(pack: Pack, prompt: str, chars: int, tokens: int) -> tuple[str, Stream, float]:
     """Generate until the text has ``chars`` characters (or ``tokens`` seed tokens)."""
     t0 = time.perf_counter()
-    stream = pack.stream(prompt, max_new_tokens=tokens)
+    stream = Stream(pack, prompt, max_new_tokens=tokens)
     text = ""
     for piece in stream:
         text += piece
