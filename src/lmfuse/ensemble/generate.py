@@ -56,7 +56,7 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-LOG_ENDING_SHARE = math.log(0.01)  # a token ending at the end is read unless it has < 1% of a running one's mass
+LOG_ENDING_SHARE = math.log(0.1)  # a token ending at the end is read unless it has < 10% of a running one's mass
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
