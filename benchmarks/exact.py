@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from lmfuse.ensemble import Pack, WeightOptions, pack_scorer
+from lmfuse.ensemble import Pack
 from lmfuse.ensemble.runs import read_text
+from lmfuse.eval.pack_scorer import pack_scorer
 from lmfuse.models.load import load_member
 
 KINDS: dict[str, str] = {
@@ -105,7 +106,7 @@ def fidelity(pack: Pack, texts: dict[str, list[str]]) -> None:
         weights = [0.0] * len(pack.members)
         weights[b] = 1.0
         one_hot = Pack(pack.members, weighting="fixed", seed_member=pack.names[a],
-                       options=WeightOptions(fixed=weights))
+                       weights=weights)
         scorer = pack_scorer(one_hot, ["fixed"])
         for kind, items in texts.items():
             n_bytes = sum(len(t.encode()) for t in items)
@@ -134,7 +135,7 @@ def bounds(pack: Pack, texts: dict[str, list[str]], draws: int, seed: int) -> No
             raw = [rng.random() for _ in pack.members]
             w = [x / sum(raw) for x in raw]
             text = rng.choice(flat)
-            fixed = Pack(pack.members, weighting="fixed", fusion=fusion, options=WeightOptions(fixed=w))
+            fixed = Pack(pack.members, weighting="fixed", fusion=fusion, weights=w)
             fused = -pack_scorer(fixed, ["fixed"]).text_logprob([text])["pack[fixed]"][0] / 0.6931471805599453
             average = sum(wk * bk for wk, bk in zip(w, own[text], strict=True))
             gap = (fused - average) / len(text.encode())

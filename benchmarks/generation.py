@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lmfuse.ensemble import Pack, WeightOptions
+from lmfuse.ensemble import Pack
 from lmfuse.ensemble.generate import Stream
 from lmfuse.models.member import Member
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
                         continue
                     ref = own.setdefault((b.name, prompt), own_greedy(b, prompt, args.tokens))
                     for a in pending:
-                        pack = Pack([a, b], weighting="fixed", seed_member=a.name, options=WeightOptions(fixed=[0, 1]))
+                        pack = Pack([a, b], weighting="fixed", seed_member=a.name, weights=[0, 1])
                         text, stream, seconds = fused_text(pack, prompt, len(ref["text"]), 4 * args.tokens)
                         row = compare(ref, text, b)
                         row.update(key=f"{a.name}>{b.name}|{kind}|{i}", seed=a.name, member=b.name, kind=kind,
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
                         print(f"{row['key']}: {row['fidelity']:.3f}", flush=True)
                     if i < args.default_per_kind and check not in done:
                         other = next(a for a in members if a is not b)
-                        pack = Pack([other, b], weighting="fixed", options=WeightOptions(fixed=[0, 1]))
+                        pack = Pack([other, b], weighting="fixed", weights=[0, 1])
                         text, _, _ = fused_text(pack, prompt, len(ref["text"]), args.tokens)
                         row = {"key": check, "member": b.name, "kind": kind, "identical": text == ref["text"]}
                         sink.write(json.dumps(row) + "\n")

@@ -20,7 +20,8 @@ import argparse
 import resource
 import time
 
-from lmfuse.ensemble import Pack, pack_scorer
+from lmfuse.ensemble import Pack
+from lmfuse.eval.pack_scorer import pack_scorer
 from lmfuse.models.load import load_member
 
 PROMPTS = [
@@ -42,7 +43,7 @@ def speed(pack: Pack, prompts: list[str], tokens: int) -> None:
         gens = Pack([m]).generate(prompts, max_new_tokens=tokens)
         own[m.name] = sum(g.timings["decode"] for g in gens) / sum(g.timings["steps"] for g in gens)
     for weighting in ("packllm-opt", "uniform"):
-        pack.weighting = weighting
+        pack.reconfigure(weighting=weighting)
         gens = pack.generate(prompts, max_new_tokens=tokens)
         fused = sum(g.timings["decode"] for g in gens) / sum(g.timings["steps"] for g in gens)
         fit = sum(g.timings["fit"] for g in gens) / sum(g.timings["prompt_forward"] for g in gens)

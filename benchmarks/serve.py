@@ -69,7 +69,7 @@ class SleepPack:
 
     def generate(self, prompts: Any, max_new_tokens: int = 16, **_: Any) -> list[Any]:
         from lmfuse.ensemble.generate import Generation
-        from lmfuse.ensemble.pack import WeightReport
+        from lmfuse.ensemble.weighting import WeightReport
 
         time.sleep(self.cost)
         report = WeightReport(self.names, [0.5, 0.5], [1.0, 1.0], "token", "sleep-a", "uniform", "product")

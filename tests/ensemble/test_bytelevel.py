@@ -18,9 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmfuse.alignment import token_table
-from lmfuse.ensemble import Pack, WeightOptions, pack_scorer
+from lmfuse.ensemble import Pack
 from lmfuse.ensemble.bytelevel import SortedVocab, next_byte_logprobs
 from lmfuse.ensemble.runs import read_text
+from lmfuse.eval.pack_scorer import pack_scorer
 from lmfuse.models.member import Member
 
 TEXTS = ["The cat sat on the mat.", "Ünïcödé 日本語 😀 fin", "def f(x):\n    return x  # ok\n\n\tdone"]
@@ -134,7 +135,7 @@ def test_text_logprob_of_the_members_byte_models_is_their_prefix_probability(
 
 def one_hot_pack(members: list[Member], target: int, fusion: str) -> Pack:
     weights = [1.0 if k == target else 0.0 for k in range(len(members))]
-    return Pack(members, weighting="fixed", fusion=fusion, options=WeightOptions(fixed=weights))
+    return Pack(members, weighting="fixed", fusion=fusion, weights=weights)
 
 
 @pytest.mark.parametrize("fusion", ["product", "mixture"])
@@ -164,7 +165,7 @@ def test_pooling_bounds_fused_bits_per_byte_never_exceed_the_weighted_average(
         toy_members: dict[str, Member], raw: list[float], text: str, fusion: str) -> None:
     members = [toy_members[f] for f in EXACT]
     w = torch.tensor(raw) / sum(raw)
-    pack = Pack(members, weighting="fixed", fusion=fusion, options=WeightOptions(fixed=w.tolist()))
+    pack = Pack(members, weighting="fixed", fusion=fusion, weights=w.tolist())
     fused = pack_scorer(pack, ["fixed"]).text_logprob([text])["pack[fixed]"][0]
     data = torch.as_tensor(list(text.encode()))
     own = [float(reading(m, text)[1].log_probs.gather(-1, data[:, None]).sum()) for m in members]

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from tests.ensemble.driving import drive
 
-from lmfuse.ensemble import Pack, WeightOptions
+from lmfuse.ensemble import Pack
 from lmfuse.models.member import Member
 
 PROMPT = "To be, or not to be:"
@@ -78,7 +79,7 @@ def test_all_weight_on_b_with_seed_a_reproduces_b_own_greedy_text(
     assert own.text == TARGET and own.finish_reason == "stop"
     a_ids, b_ids = a.encode(TARGET).ids, b.encode(TARGET).ids
     assert a_ids != b_ids  # the two tokenizations really differ
-    fused = Pack([a, b], weighting="fixed", seed_member=a.name, options=WeightOptions(fixed=[0.0, 1.0]))
+    fused = Pack([a, b], weighting="fixed", seed_member=a.name, weights=[0.0, 1.0])
     gen = fused.generate([PROMPT], max_new_tokens=120)[0]
     assert gen.weights.seed == a.name
     assert char_agreement(own.text, gen.text) == 1.0, (own.text, gen.text)
@@ -140,7 +141,7 @@ def test_fidelity_path_oracle_member_reads_its_own_pieces(
                model=PathOracle(like.tokenizer, PROMPT + target, like.logits_width), source="test")
     own = Pack([b]).generate([PROMPT], max_new_tokens=80)[0]
     assert own.text == target and own.finish_reason == "stop"
-    fused = Pack([a, b], weighting="fixed", seed_member=a.name, options=WeightOptions(fixed=[0.0, 1.0]))
+    fused = Pack([a, b], weighting="fixed", seed_member=a.name, weights=[0.0, 1.0])
     gen = fused.generate([PROMPT], max_new_tokens=120)[0]
     assert gen.text == own.text, (own.text, gen.text)
     assert gen.finish_reason == "stop"
@@ -163,11 +164,11 @@ def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
     like = toy_members["bytebpe"]
     member = Member(name="path-oracle-bytebpe", tokenizer=like.tokenizer,
                     model=PathOracle(like.tokenizer, prompt + target, like.logits_width), source="test")
-    fused = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.5, 0.5]))
+    fused = Pack([seed, member], weighting="fixed", seed_member=seed.name, weights=[0.5, 0.5])
     reader = Stream(fused, prompt, max_new_tokens=8).readers[1]
     assert reader.maps is not None
-    reader.read(b"\n")  # the seed wrote "\n", then "    "
-    covers = reader.read(b"\n    ")
+    drive(reader, reader.read(b"\n"))  # the seed wrote "\n", then "    "
+    covers = drive(reader, reader.read(b"\n    "))
     assert covers is not None
     own = like.encode("\n    return").ids
     assert reader.ids[len(reader.head):] == own[:3]  # "\n", "   ", and " re" read ahead
@@ -175,6 +176,6 @@ def test_indentation_the_seed_writes_as_one_token_is_read_before_the_next_word(
     assert ballot is not None
     seed_tok = seed.tokenizer
     assert seed_tok.decode([int(ballot.probs.argmax())]) == seed_tok.decode(seed.encode("re").ids[:1])
-    reader.read(b"\n    re")  # the next token: still its own path (and its next token read ahead)
+    drive(reader, reader.read(b"\n    re"))  # the next token: still its own path (and its next token read ahead)
     assert reader.ids[len(reader.head):] == own[: len(reader.ids) - len(reader.head)]
     assert int(reader.row.argmax()) == member.model.path[len(reader.ids)]

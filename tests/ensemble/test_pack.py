@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from lmfuse.ensemble import Pack, WeightOptions, pack_scorer
+from lmfuse.ensemble import Pack
 from lmfuse.ensemble.generate import allowed_ids
 from lmfuse.ensemble.runs import read_with_continuations
 from lmfuse.errors import InputError, NumericalError
 from lmfuse.eval.member_scorer import MemberScorer
+from lmfuse.eval.pack_scorer import pack_scorer
 from lmfuse.eval.report import markdown
 from lmfuse.eval.runner import Results, evaluate
 from lmfuse.eval.tasks import MCExample, MCTask, TextTask
@@ -70,7 +71,7 @@ def test_k1_reproduces_the_single_model_scores_and_greedy_text(toy_members: dict
         if member.name == "toy-wordpiece":
             continue  # lossy: its tokens do not spell the text, so it has no byte-level reading (test_bytelevel)
         context, conts = "The quick brown", [" fox", " dog jumps"]
-        scores = pack.score(context, conts)
+        scores = fused_score(pack, context, conts)
         for cont, got in zip(conts, scores, strict=True):
             assert got == pytest.approx(byte_level_score(member, context, cont), abs=1e-4)
 
@@ -80,13 +81,13 @@ def test_identical_members_with_any_weights_reproduce_the_single_model(
         toy_members: dict[str, Member], weights: list[float]) -> None:
     base = toy_members["sentencepiece"]
     single = Pack([base])
-    pair = Pack([base, clone(base, "twin")], weighting="fixed", options=WeightOptions(fixed=weights))
+    pair = Pack([base, clone(base, "twin")], weighting="fixed", weights=weights)
     fused = [g.text for g in pair.generate(PROMPTS[:2], max_new_tokens=6)]
     assert fused == [g.text for g in single.generate(PROMPTS[:2], max_new_tokens=6)]
     for fusion in ("product", "mixture"):
-        pair.fusion = fusion
-        assert pair.score("The quick", [" brown", " fox jumps"]) == pytest.approx(
-            single.score("The quick", [" brown", " fox jumps"]), abs=1e-4)
+        pair.reconfigure(fusion=fusion)
+        assert fused_score(pair, "The quick", [" brown", " fox jumps"]) == pytest.approx(
+            fused_score(single, "The quick", [" brown", " fox jumps"]), abs=1e-4)
 
 
 def test_scorer_systems_and_prefix_reuse_equals_recomputation(toy_members: dict[str, Member]) -> None:
@@ -220,7 +221,7 @@ def test_long_prompt_keeps_its_end_within_each_members_context(toy_members: dict
     assert isinstance(tail.text, str) and tail.weights.truncated == {}
     with pytest.raises(InputError, match="leaves no room"):
         pack.generate(["hi"], max_new_tokens=400)
-    scores = pack.score(long_prompt, [" yes"])
+    scores = fused_score(pack, long_prompt, [" yes"])
     assert math.isfinite(scores[0])
 
 
@@ -244,7 +245,7 @@ def test_nan_logits_raise_a_clear_error(toy_members: dict[str, Member]) -> None:
     with pytest.raises(NumericalError, match="broken"):
         Pack([broken]).generate(["hello"], max_new_tokens=2)
     with pytest.raises(NumericalError, match="broken"):
-        Pack([broken]).score("hello", [" world"])
+        fused_score(Pack([broken]), "hello", [" world"])
 
 
 def test_an_empty_context_is_named_as_such(toy_members: dict[str, Member]) -> None:
@@ -264,3 +265,8 @@ def test_bad_arguments_name_the_value(toy_members: dict[str, Member]) -> None:
         Pack([member]).generate([""])
     with pytest.raises(InputError, match="unique"):
         Pack([member, member])
+
+
+def fused_score(pack: Pack, context: str, continuations: list[str]) -> list[float]:
+    """The pack's fused log-likelihood of each continuation, with its own weighting."""
+    return pack_scorer(pack, [pack.weighting]).loglikelihood(context, continuations)[f"pack[{pack.weighting}]"]

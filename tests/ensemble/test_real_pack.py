@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tests.ensemble.driving import drive
 
-from lmfuse.ensemble import Pack, WeightOptions
+from lmfuse.ensemble import Pack
 
 from .test_pack import reference_greedy
 
@@ -38,7 +39,7 @@ def test_one_hot_pack_generates_exactly_as_each_real_member(b: str) -> None:
     fixed = [1.0 if i == k else 0.0 for i in range(3)]
     for prompt in ("The capital of France is Paris. The capital of Italy is", "東京は日本の首都であり、"):
         own = Pack([members[k]]).generate([prompt], max_new_tokens=12)[0]
-        fused = Pack(members, weighting="fixed", options=WeightOptions(fixed=fixed)).generate(
+        fused = Pack(members, weighting="fixed", weights=fixed).generate(
             [prompt], max_new_tokens=12)[0]
         assert fused.weights.seed == b and fused.text == own.text, (own.text, fused.text)
 
@@ -61,13 +62,13 @@ def test_member_reads_another_seeds_text_in_its_own_pieces_on_real_pair(seed: st
     alone = Stream(Pack([bm]), prompt, max_new_tokens=16)
     text = "".join(alone)
     own = alone.readers[0].ids[len(alone.readers[0].head):]
-    pack = Pack([a, bm], weighting="fixed", seed_member=a.name, options=WeightOptions(fixed=[0.0, 1.0]))
+    pack = Pack([a, bm], weighting="fixed", seed_member=a.name, weights=[0.0, 1.0])
     reader = Stream(pack, prompt, max_new_tokens=4).readers[1]
-    surfaces = pack.lexicon(0).surfaces
+    surfaces = pack.vocab.lexicon(0).surfaces
     written = b""
     for t in a.encode(text).ids:
         written += surfaces[t]
-        assert reader.read(written) is not None
+        assert drive(reader, reader.read(written)) is not None
     assert reader.ids[len(reader.head):][: len(own)] == own, (text, own, reader.ids[len(reader.head):])
 
 
@@ -92,13 +93,13 @@ def test_one_hot_pack_scores_each_real_member_exactly_whatever_the_others() -> N
     """All weight on member B, the others present: the pack's log-prob of a text is B's own (its token
     log-likelihood, as it scores the text alone) within 0.5%, for every member and every kind of text here
     (the full sweep over kinds and ordered pairs is `benchmarks/exact.py --parts fidelity`)."""
-    from lmfuse.ensemble import pack_scorer
     from lmfuse.eval.member_scorer import MemberScorer
+    from lmfuse.eval.pack_scorer import pack_scorer
 
     members = [load(name) for name in ("smollm2", "gemma3", "qwen-coder")]
     for b, member in enumerate(members):
         weights = [1.0 if k == b else 0.0 for k in range(len(members))]
-        pack = Pack(members, weighting="fixed", options=WeightOptions(fixed=weights))
+        pack = Pack(members, weighting="fixed", weights=weights)
         fused = pack_scorer(pack, ["fixed"]).text_logprob(EXACT_TEXTS)["pack[fixed]"]
         own = MemberScorer(member).text_logprob(EXACT_TEXTS)[member.name]
         for text, f, o in zip(EXACT_TEXTS, fused, own, strict=True):

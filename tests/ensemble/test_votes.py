@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from tests.ensemble.driving import drive
 
 from lmfuse.alignment import token_table
-from lmfuse.ensemble import Pack, WeightOptions
+from lmfuse.ensemble import Pack
 from lmfuse.ensemble import votes as votes_module
 from lmfuse.ensemble.generate import Stream
 from lmfuse.ensemble.votes import Cover, LeadMaps, vote
@@ -17,7 +18,7 @@ from lmfuse.models.member import Member
 
 
 def _lexicon(member: Member):  # type: ignore[no-untyped-def]
-    return Pack([member]).lexicon(0)
+    return Pack([member]).vocab.lexicon(0)
 
 
 def _random_row(width: int, seed: int) -> np.ndarray:
@@ -87,13 +88,13 @@ def test_a_member_votes_inside_a_character_the_seed_has_half_written(toy_members
     """The seed (SentencePiece with byte fallback) writes 日 as three byte tokens; after the first, the other
     member still votes (no abstention), with a proper sub-distribution over the seed's tokens."""
     seed, member = toy_members["sentencepiece"], toy_members["bytebpe"]
-    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.5, 0.5]))
+    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, weights=[0.5, 0.5])
     stream = Stream(pack, "The word for sun is", max_new_tokens=4)
     reader = stream.readers[1]
     assert reader.maps is not None
     text = " 日".encode()
     for cut in range(2, len(text)):
-        covers = reader.read(text[:cut])  # a space, then one or two bytes of 日
+        covers = drive(reader, reader.read(text[:cut]))  # a space, then one or two bytes of 日
         assert covers is not None
         ballot = vote(reader.maps, covers)
         assert ballot is not None and 0 < ballot.probs.sum() <= 1 + 1e-9
@@ -112,7 +113,7 @@ def test_one_hot_weights_generate_exactly_as_that_member_whoever_reads_best(
     fixed = [1.0 if i == k else 0.0 for i in range(3)]
     for prompt in ("To be, or not to be:", "def add(a, b):\n    return", "Größe 日本 😀"):
         alone = Pack([members[k]]).generate([prompt], max_new_tokens=12)[0]
-        fused = Pack(members, weighting="fixed", options=WeightOptions(fixed=fixed)).generate(
+        fused = Pack(members, weighting="fixed", weights=fixed).generate(
             [prompt], max_new_tokens=12)[0]
         assert fused.weights.seed == members[k].name
         assert fused.text == alone.text and fused.n_tokens == alone.n_tokens
@@ -122,12 +123,12 @@ def test_mixed_weights_every_member_reads_the_text_in_its_own_tokens(toy_members
     """With weight on both members each step fuses both; the reader's ids spell the seed's text (the last
     one possibly running past it), and its recorded covers all reach the end."""
     seed, member = toy_members["sentencepiece"], toy_members["bytebpe"]
-    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.5, 0.5]))
+    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, weights=[0.5, 0.5])
     stream = Stream(pack, "Once upon a time", max_new_tokens=16)
     text = "".join(stream)
     reader = stream.readers[1]
-    spelled = b"".join(pack.lexicon(1).surfaces[t] for t in reader.ids[len(reader.head):])
-    written = b"".join(pack.lexicon(0).surfaces[t] for t in stream.readers[0].ids[len(stream.readers[0].head):])
+    spelled = b"".join(pack.vocab.lexicon(1).surfaces[t] for t in reader.ids[len(reader.head):])
+    written = b"".join(pack.vocab.lexicon(0).surfaces[t] for t in stream.readers[0].ids[len(stream.readers[0].head):])
     assert spelled[: len(written)] == written[: len(spelled)]
     assert text and len(stream.cut) >= 1 and all(0 <= c <= 1 for c in stream.cut)
 
@@ -149,10 +150,10 @@ def test_members_read_a_lossy_seeds_decoded_text(toy_members: dict[str, Member])
     """A WordPiece seed's surfaces do not spell its text (it invents spaces at decoding); the others read the
     decoded text, so their tokens spell what the pack wrote."""
     seed, member = toy_members["wordpiece"], toy_members["bytebpe"]
-    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, options=WeightOptions(fixed=[0.6, 0.4]))
+    pack = Pack([seed, member], weighting="fixed", seed_member=seed.name, weights=[0.6, 0.4])
     stream = Stream(pack, "the end of the", max_new_tokens=10)
     text = "".join(stream)
     reader = stream.readers[1]
-    spelled = b"".join(pack.lexicon(1).surfaces[t] for t in reader.ids[len(reader.head):]).decode("utf-8", "replace")
+    spelled = b"".join(pack.vocab.lexicon(1).surfaces[t] for t in reader.ids[len(reader.head):]).decode("utf-8", "replace")
     n = min(len(spelled), len(text))
     assert n > 0 and spelled[:n] == text[:n], (spelled, text)

@@ -16,8 +16,9 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from lmfuse.ensemble import Pack, pack_scorer  # noqa: E402
+from lmfuse.ensemble import Pack  # noqa: E402
 from lmfuse.eval.harness import HarnessModel  # noqa: E402
+from lmfuse.eval.pack_scorer import pack_scorer  # noqa: E402
 from lmfuse.eval.runner import evaluate  # noqa: E402
 
 MC = [

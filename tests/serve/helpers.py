@@ -10,7 +10,7 @@ from typing import Any
 import openai
 
 from lmfuse.ensemble.generate import Generation
-from lmfuse.ensemble.pack import WeightReport
+from lmfuse.ensemble.weighting import WeightReport
 
 MODEL = "lmfuse-pack"
 

@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lmfuse.ensemble.pack import DEFAULT_NLL_NORM, NLL_NORMS
+    from lmfuse.ensemble.config import DEFAULT_NLL_NORM, NLL_NORMS
     from lmfuse.eval.runner import FIT_ON
 
     what = parser.add_argument_group("models")
@@ -102,7 +102,8 @@ def build_scorers(args: argparse.Namespace, members: list[Member]) -> list[Score
     weightings = [w.strip() for w in args.weighting.split(",") if w.strip()]
     if not weightings:
         return [MemberScorer(m, window=args.window) for m in members]
-    from lmfuse.ensemble import WEIGHTINGS, Pack, pack_scorer
+    from lmfuse.ensemble import WEIGHTINGS, Pack
+    from lmfuse.eval.pack_scorer import pack_scorer
 
     for name in weightings:
         WEIGHTINGS.get(name)  # unknown names fail with suggestions before any scoring

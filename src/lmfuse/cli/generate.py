@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from lmfuse.cli.pack_args import add_pack_arguments, load_pack
+from lmfuse.errors import InputError
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +25,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i samples with seed + i)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="prompts decoded together, each member's forward passes batched over them (default: 8)")
     parser.add_argument("--explain", action="store_true", help="print each member's weight and NLL first")
     parser.add_argument("--stream", action="store_true", help="print text as it is decoded")
     parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
@@ -32,11 +35,13 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1; got {args.batch_size}")
     pack = load_pack(args)
     opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                 stop=args.stop)
-    for i, prompt in enumerate(args.prompt):
-        if args.stream and not args.json:
+    if args.stream and not args.json:
+        for i, prompt in enumerate(args.prompt):
             stream: Any = pack.stream(prompt, seed=args.seed + i, **opts)
             warn_truncated(stream.weights.truncated)
             if args.explain:
@@ -44,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
             for piece in stream:
                 print(piece, end="", flush=True)
             print()
-            continue
-        (gen,) = pack.generate([prompt], seed=args.seed + i, **opts)
+        return 0
+    gens = pack.generate(args.prompt, seed=args.seed, batch_size=args.batch_size, **opts)
+    for prompt, gen in zip(args.prompt, gens, strict=True):
         if args.json:
             print(json.dumps({"prompt": prompt, "text": gen.text, "finish_reason": gen.finish_reason,
                               "n_tokens": gen.n_tokens, "weights": gen.weights.as_dict()}))

@@ -12,12 +12,13 @@ from lmfuse.errors import InputError
 
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     from lmfuse.ensemble import FUSIONS, WEIGHTINGS
-    from lmfuse.ensemble.pack import DEFAULT_NLL_NORM, NLL_NORMS
+    from lmfuse.ensemble.config import DEFAULT_NLL_NORM, DTYPES, NLL_NORMS
 
     g = parser.add_argument_group("pack")
     g.add_argument("--pack", choices=("default",), help="the default pack (used when no --model is given)")
     g.add_argument("--model", action="append", default=[], metavar="SPEC",
-                   help="a member: zoo name, HF directory, .gguf file or hub id; repeatable")
+                   help="a member: zoo name, HF directory, .gguf file or hub id, optionally followed by "
+                        ",device=cuda:1 ,dtype=bfloat16 ,name=NAME (e.g. qwen-coder,device=cuda:1); repeatable")
     g.add_argument("--weighting", default="packllm-opt",
                    help=f"weighting strategy: {', '.join(WEIGHTINGS.names())} (default: %(default)s)")
     g.add_argument("--weights", help="comma-separated member weights for --weighting fixed")
@@ -26,11 +27,16 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed-member", help="fix the member whose tokens generation emits (default: the largest weight)")
     g.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                    help="NLL normalisation for NLL-based weights and seed ties (default: %(default)s)")
-    g.add_argument("--dtype", default="float32", help="weights dtype (float32, bfloat16, float16)")
+    g.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="weights dtype of members that do not name one (default: %(default)s)")
+    g.add_argument("--serial", action="store_true",
+                   help="run the members' forward passes one after another (default: one worker thread per "
+                        "member, at the same time)")
 
 
-def load_pack(args: argparse.Namespace) -> Any:
-    from lmfuse.ensemble import Pack, WeightOptions
+def pack_config(args: argparse.Namespace) -> Any:
+    """The `PackConfig` the pack flags describe (validated: a bad value is an error naming it)."""
+    from lmfuse.ensemble import PackConfig
 
     fixed = None
     if args.weights:
@@ -40,9 +46,16 @@ def load_pack(args: argparse.Namespace) -> Any:
             raise InputError(f"--weights must be comma-separated numbers; got {args.weights!r}") from None
     if args.weighting == "fixed" and fixed is None:
         raise InputError("--weighting fixed needs --weights w1,w2,... (one per member)")
+    return PackConfig.of(members=list(args.model), weighting=args.weighting, fusion=args.fusion,
+                         seed_member=args.seed_member, nll_norm=args.nll_norm, dtype=args.dtype, tau=args.tau,
+                         weights=fixed, parallel=not args.serial)
+
+
+def load_pack(args: argparse.Namespace) -> Any:
+    from lmfuse.ensemble import Pack
+
+    config = pack_config(args)
     t0 = time.perf_counter()
-    pack = Pack.load(list(args.model), weighting=args.weighting, fusion=args.fusion,
-                     seed_member=args.seed_member, nll_norm=args.nll_norm, dtype=args.dtype,
-                     options=WeightOptions(tau=args.tau, fixed=fixed))
+    pack = Pack.load(config)
     print(f"loaded {', '.join(pack.names)} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return pack

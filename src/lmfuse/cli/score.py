@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmfuse.ensemble import pack_scorer
+    from lmfuse.eval.pack_scorer import pack_scorer
 
     strategies = [s for s in (args.strategies or args.weighting).split(",") if s]
     if not strategies:

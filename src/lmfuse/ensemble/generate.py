@@ -1,50 +1,74 @@
-"""Fused decoding, top to bottom: one KV cache per member, each member reading the text in its own tokens.
+"""Fused decoding, top to bottom: many prompts at once, one KV cache per prompt and member, each member
+reading the text in its own tokens.
 
-The loop, per prompt:
+Per prompt (a `Decoding`):
 
-1. Every member reads the prompt in its own tokenization into its own KV cache (one forward pass each);
-   the last ``context_length - max_new_tokens - 1`` prompt tokens are kept when a prompt is too long for
-   a member (left truncation, per member, in its own tokens). The same passes give the rows that fit
-   the weights (`Pack.fit`) — no extra forward pass.
+1. Every member reads the prompt in its own tokenization into its own KV cache; the last
+   ``context_length - max_new_tokens - 1`` prompt tokens are kept when a prompt is too long for a member
+   (left truncation, per member, in its own tokens). The same passes give the rows that fit the weights
+   (`Pack.fit`): no extra forward pass.
 2. The **lead** (the *seed* of `WeightReport` and the docs) is the member with the largest weight (ties: the
-   lowest prompt NLL), or the pack's fixed ``seed_member``. Decoding emits the lead's tokens, so with one-hot weights the pack decodes exactly as
-   that member alone, whoever read the prompt best.
+   lowest prompt NLL), or the pack's fixed ``seed_member``. Decoding emits the lead's tokens, so with
+   one-hot weights the pack decodes exactly as that member alone, whoever read the prompt best.
 3. Each step fuses, over the lead's vocabulary, the lead's own next-token row and every other weighted
    member's **vote** (`lmfuse.ensemble.votes`): its exact probability of the text that comes next, by
-   prefix covering from the boundaries of its own reading, grouped by the lead token that text begins
-   with. Then it picks a token (greedy, or temperature + top-p sampling) and appends it to the text.
-4. Members catch up on the new text:
-   * the lead, and members with the lead's exact vocabulary, append the chosen id (K = 1 is the single
-     model's own cached decoding, bit for bit);
-   * every other member reads the text in its own tokens up to its last *stable* boundary: the tokens
-     its tokenizer gives the text whatever comes next (the common prefix of its tokenizations of the text
-     followed by a letter, a space, a newline or a digit). Bytes after that boundary are *pending*: its
-     covers run through them, so a member inside one of its own tokens, or inside a UTF-8 character the
-     lead has emitted only part of, still votes. The KV cache keeps the common prefix of ids and rolls
-     back the rest (``DynamicCache.crop``).
-5. Stop at the lead's EOS, at a stop string (the text is cut before it), or after ``max_new_tokens``
-   lead tokens.
+   prefix covering from the boundaries of its own reading. The weights are renormalised over the members
+   that can speak (`lmfuse.ensemble.weighting.fused`, the rule the fit and scoring use). Then it
+   picks a token (greedy, or temperature + top-p sampling with the prompt's own generator) and appends it.
+4. Members catch up on the new text (`lmfuse.ensemble.reader.Reader`): the lead, and members with its
+   vocabulary, append the chosen id; every other member reads the text on in its own likeliest pieces
+   (rolling back what no longer spells it).
+5. Stop at the lead's EOS, at a stop string (the text is cut before it), or after ``max_new_tokens`` lead
+   tokens.
+
+Many prompts (the `Decoder`): a step of every live prompt runs together. The readers' feeds are
+generators (`lmfuse.ensemble.reader.Steps`), so the decoder collects the feeds of every prompt for each
+member, puts them through **one batched forward pass per member** (`lmfuse.models.member.Member.feed`:
+each cache left-padded, each row at its own positions), and runs the members **at the same time**, one
+worker thread per member (`MemberWorkers`), each on its own device. Only the rows that fusion needs
+(float32, on the CPU) leave a member's device. A prompt may join while others decode (continuous
+batching: its prompt pass runs in the next round), and leave at any step. Greedy decoding of a prompt
+gives the same text whatever else is in the batch (tested), up to float rounding of batched matrix
+products (log-probs agree to ~1e-4); sampling draws from each prompt's own seeded generator.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from lmfuse.ensemble.fusion import FUSIONS, fill_holes
-from lmfuse.ensemble.runs import TextRun, crop_to, forward_cached, new_cache
-from lmfuse.ensemble.votes import Cover, LeadMaps, Lexicon, vote
+from lmfuse.ensemble.fusion import fill_holes
+from lmfuse.ensemble.reader import Reader, Steps
+from lmfuse.ensemble.runs import TextRun
+from lmfuse.ensemble.vocab import PackVocab
+from lmfuse.ensemble.votes import Cover, vote
+from lmfuse.ensemble.weighting import WeightReport, fused
 from lmfuse.errors import InputError
+from lmfuse.models.member import Feed, Member, new_cache
 
-if TYPE_CHECKING:
-    from lmfuse.ensemble.pack import Pack, WeightReport
-    from lmfuse.models.member import Member
+
+class Pack(Protocol):
+    """What decoding needs of `lmfuse.ensemble.pack.Pack` (which imports this module)."""
+
+    members: list[Member]
+    vocab: PackVocab
+    workers: MemberWorkers
+
+    @property
+    def names(self) -> list[str]: ...
+
+    @property
+    def fusion(self) -> str: ...
+
+    def analyse(self, text: str, runs: Sequence[TextRun] | None = None) -> Any: ...
+
+    def fit(self, a: Any) -> tuple[torch.Tensor, WeightReport]: ...
 
 
 @dataclass
@@ -54,19 +78,6 @@ class Generation:
     finish_reason: str  # "stop" | "length"
     n_tokens: int  # lead tokens generated (EOS included when it ended the text)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-LOG_ENDING_SHARE = math.log(0.1)  # a token ending at the end is read unless it has < 10% of a running one's mass
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id sequences."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def valid_utf8_prefix(data: bytes) -> int:
@@ -79,184 +90,6 @@ def valid_utf8_prefix(data: bytes) -> int:
         except UnicodeDecodeError:
             continue
     return 0
-
-
-@dataclass
-class _Reader:
-    """One member's view of the text: the ids in its KV cache, and the rows at its recent boundaries."""
-
-    member: Member
-    head: list[int]  # prefix token + (truncated) prompt ids
-    ids: list[int]
-    cache: Any
-    row: torch.Tensor  # [W] log-probs of the next token after ``ids``
-    lexicon: Lexicon
-    maps: LeadMaps | None = None  # None: it appends the lead's ids (the lead, or the lead's vocabulary)
-    rows_at: dict[int, torch.Tensor] = field(default_factory=dict)  # position p -> row predicting ids[p]
-    log_before: list[float] = field(default_factory=list)  # p - len(head) -> log P(ids[len(head):p])
-    ends: list[int] = field(default_factory=list)  # p - len(head) -> byte offset of boundary p in the text
-    dead: set[int] = field(default_factory=set)  # byte offsets from which no token reaches the end any more
-
-    def __post_init__(self) -> None:
-        self.rows_at[len(self.ids)] = self.row
-        self.log_before, self.ends = [0.0], [0]
-
-    def append(self, token: int) -> None:
-        self.row = forward_cached(self.member, [token], self.cache)[-1]
-        self.ids.append(token)
-
-    def read(self, text: bytes) -> list[Cover] | None:
-        """Bring the cache to the member's reading of ``text`` (the lead's bytes so far) and return its covers
-        of the end (None: no token of its own spells the text on from its boundaries).
-
-        The reading keeps the member's tokens that still spell the text, except the last, and reads on
-        from there in its likeliest pieces (`_best_from`): the tokenization of the rest of the text with the
-        most mass among those its greedy choices reach, ending at the end of the text or in a token that
-        runs past it (the member is in the middle of one of its own tokens, ``" tha"`` of ``" that"``: that
-        token is read ahead). At the end, when its likeliest next token *stops short* of longer lead
-        tokens, it reads that token ahead too: whether the text goes on into them is what it says after it.
-        """
-        base = len(self.head)
-        path = self.ids[base : base + max(self._agreeing(text) - 1, 0)]  # the last token is decided again: "The" may be "They"
-        self._feed(self.head + path, exact=False)
-        best = self._best_from(text, path)
-        if best is None:
-            return None
-        _, tokens, ahead = best
-        path = path + tokens
-        if ahead is None:
-            self._feed(self.head + path, exact=False)
-            ahead = self._stops_short(text, len(path))
-        self._feed(self.head + path + ([ahead] if ahead is not None else []))
-        return self._covers(text, len(path), ahead)
-
-    def _best_from(self, text: bytes, path: list[int]) -> tuple[float, list[int], int | None] | None:
-        """From the boundary after ``path`` (fed): ``(log mass, tokens, ahead)`` of the member's likeliest
-        reading of the rest of the text: its tokens up to the end, or up to a token that runs past it.
-        Greedy with one step of lookahead: a token ending inside the text is taken only if, read on from
-        it, it keeps more mass than the best token reaching the end from here."""
-        j = len(path)
-        row = self.rows_at[len(self.head) + j]
-        rest = text[self.ends[j]:]
-        if not rest:
-            return 0.0, [], None
-        index = self.lexicon.index
-        inside = [t for t in (index.home.get(rest[:n]) for n in range(1, min(len(rest), index.longest) + 1))
-                  if t is not None]
-        ending: tuple[float, list[int], int | None] | None = None
-        if inside and self.lexicon.surfaces[inside[-1]] == rest:
-            ending = (float(row[inside[-1]]), [inside[-1]], None)  # ends exactly at the end
-            inside = inside[:-1]
-        u, lp = self._runs_past(text, j)
-        running: tuple[float, list[int], int | None] | None = (lp, [], u) if u >= 0 else None
-        # A token ending exactly at the end keeps its continuation (the row after it), while the tokens running
-        # past stay covers of this boundary either way: only a negligible ending token gives way to one read ahead.
-        reach = ending if ending is not None and (running is None or ending[0] >= running[0] + LOG_ENDING_SHARE) \
-            else running
-        best_mass = max((o[0] for o in (ending, running) if o is not None), default=-math.inf)
-        step = max(inside, key=lambda t: float(row[t]), default=-1)
-        if step >= 0 and float(row[step]) > best_mass:
-            self._feed([*self.head, *path, step], exact=False)
-            on = self._best_from(text, [*path, step])
-            if on is not None and float(row[step]) + on[0] > best_mass:
-                return float(row[step]) + on[0], [step, *on[1]], on[2]
-        return None if reach is None else (best_mass, reach[1], reach[2])
-
-    def _agreeing(self, text: bytes) -> int:
-        """How many of the member's generated tokens (from the first) still spell the text."""
-        n = 0
-        for j, t in enumerate(self.ids[len(self.head):]):
-            s, start = self.lexicon.surfaces[t], self.ends[j]
-            if start + len(s) > len(text) or text[start : start + len(s)] != s:
-                break
-            n += 1
-        return n
-
-    def _runs_past(self, text: bytes, j: int) -> tuple[int, float]:
-        """The likeliest token at generated boundary ``j`` that spells the text from there and runs past its
-        end, with its log-prob (``(-1, -inf)`` if none)."""
-        row = self.rows_at.get(len(self.head) + j)
-        if row is None:
-            return -1, -math.inf
-        vocab = self.lexicon.sorted
-        pending = text[self.ends[j]:]
-        lo, hi = vocab.longer(pending)
-        if lo >= hi:
-            return -1, -math.inf
-        ids = vocab.order[lo:hi]
-        best = int(torch.argmax(row[ids]))
-        return int(ids[best]), float(row[ids[best]])
-
-    def _stops_short(self, text: bytes, j: int) -> int | None:
-        """The likeliest token from the last boundary, if it runs past the end and the lead has longer tokens
-        that extend its bytes beyond the end."""
-        if self.maps is None:
-            return None
-        u, _ = self._runs_past(text, j)
-        if u < 0:
-            return None
-        pending = len(text) - self.ends[j]
-        if not pending:
-            return u if self.maps.stops_short[u] else None
-        return u if self.maps.remainder(self.lexicon.surfaces[u][pending:])[1] else None
-
-    def _covers(self, text: bytes, n_path: int, ahead: int | None) -> list[Cover]:
-        base, depth = len(self.head), self.lexicon.sorted.depth
-        covers = []
-        for j in range(n_path + 1):
-            p, start = base + j, self.ends[j]
-            pending = text[start:]
-            if len(pending) > depth or p not in self.rows_at or start in self.dead:
-                continue
-            if not self.lexicon.sorted.reaches(text, start, len(text)):
-                self.dead.add(start)  # no token spells the text from here on, however it grows
-                continue
-            skip = ahead if j == n_path else None
-            covers.append(Cover(self.log_before[j], self.rows_at[p].numpy(), pending, skip=skip))
-        if ahead is not None:
-            j = n_path + 1
-            beyond = self.lexicon.surfaces[ahead][len(text) - self.ends[n_path]:]
-            covers.append(Cover(self.log_before[j], self.rows_at[base + j].numpy(), b"", ahead=beyond))
-        return covers
-
-    def _feed(self, want: list[int], exact: bool = True) -> None:
-        """Bring the cache to ``want``, feeding only what differs from ``ids``; keep the rows at the last
-        boundaries (a cover reaches back at most the member's longest token). With ``exact=False`` a cache
-        that already holds ``want`` and more is left as it is (the rows up to ``want`` are what is needed,
-        and the tokens after it may be read again)."""
-        if want == self.ids:
-            return
-        if len(want) < len(self.ids) and self.ids[: len(want)] == want and len(want) in self.rows_at:
-            if not exact:
-                return
-            crop_to(self.cache, len(want))  # back to a boundary already read: its row is kept
-            n = len(want) - len(self.head)
-            self.log_before, self.ends = self.log_before[: n + 1], self.ends[: n + 1]
-            self.rows_at = {p: r for p, r in self.rows_at.items() if p <= len(want)}
-            self.row, self.ids = self.rows_at[len(want)], list(want)
-            return
-        common = min(common_prefix(self.ids, want), len(want) - 1)  # always feed the last token: it gives the row
-        while common >= len(self.head) and common not in self.rows_at:
-            common -= 1  # the row that scores the first fed token was let go: feed from further back
-        if common < len(self.ids):
-            crop_to(self.cache, common)
-        rows = forward_cached(self.member, want[common:], self.cache)  # rows[i] predicts want[common + i + 1]
-        base = len(self.head)
-        keep = max(common, base)
-        self.log_before, self.ends = self.log_before[: keep - base + 1], self.ends[: keep - base + 1]
-        self.rows_at = {p: r for p, r in self.rows_at.items() if p <= common}
-        for i, r in enumerate(rows):
-            p = common + i + 1
-            self.rows_at[p] = r
-            if p > keep:  # a generated token: its log-prob and where it ends
-                t = want[p - 1]
-                self.log_before.append(self.log_before[-1] + float(self.rows_at[p - 1][t]))
-                self.ends.append(self.ends[-1] + len(self.lexicon.surfaces[t]))
-        self.row = rows[-1]
-        self.ids = list(want)
-        # A cover reaches back at most one token (plus one read ahead) from the end.
-        horizon = self.ends[-1] - 2 * self.lexicon.sorted.depth - 8
-        self.rows_at = {p: r for p, r in self.rows_at.items() if p >= base and self.ends[p - base] >= horizon}
 
 
 def allowed_ids(member: Member) -> torch.Tensor:
@@ -289,8 +122,19 @@ def stable_text(text: str) -> str:
     return text.rstrip("\ufffd")
 
 
-class Stream:
-    """Iterator over text pieces of one fused generation. ``weights`` is known when it is created."""
+@dataclass
+class Task:
+    """One member's part of one prompt's round: a generator of feeds for ``member`` (index in the pack)."""
+
+    owner: Decoding
+    member: int
+    steps: Steps
+    request: Feed | None = None
+
+
+class Decoding:
+    """One prompt's fused decoding, stepped by a `Decoder`. ``pieces`` fills with text as it is decided
+    (held back by the longest stop string); ``done`` once it has finished or failed (``error``)."""
 
     def __init__(self, pack: Pack, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, stop: Sequence[str] = (), seed: int = 0) -> None:
@@ -308,63 +152,101 @@ class Stream:
         self.finish_reason: str | None = None
         self.n_tokens = 0
         self.text = ""
+        self.pieces: list[str] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.weights: WeightReport | None = None
         self.timings: dict[str, float] = {"prompt_forward": 0.0, "fit": 0.0, "decode": 0.0, "steps": 0}
-        self._start()
-        self._pieces = self._run()
+        self.cut: list[float] = []  # per step and voting member: the share of its vote cut short (votes.Vote.cut)
+        self.readers: dict[int, Reader] = {}
+        self.covers: dict[int, list[Cover] | None] = {}
+        self._heads = self._encode_prompt()
+        self._prompt_rows: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._tasks = [Task(self, k, self._read_prompt(k)) for k in range(len(pack.members))]
+        self._clock = time.perf_counter()
+        self._generated: list[int] = []
+        self._spelled = b""  # the bytes the lead's tokens spell (a character may be unfinished)
+        self._emitted = 0
 
-    def _start(self) -> None:
-        pack = self.pack
-        t0 = time.perf_counter()
-        runs, caches, heads, rows = [], [], [], []
-        truncated: dict[str, int] = {}
-        for m in pack.members:
+    @property
+    def started(self) -> bool:
+        """Whether the prompt has been read and the weights fitted (``weights`` is set)."""
+        return self.weights is not None
+
+    # ---- rounds: what the decoder runs, and what happens after ----------------------------------------
+    def tasks(self) -> list[Task]:
+        """This round's member work (the prompt pass, then each step's catch-up); taken once."""
+        tasks, self._tasks = self._tasks, []
+        return tasks
+
+    def advance(self) -> None:
+        """After a round: fit the weights once the prompt is read, else decide the next token."""
+        if self.done:
+            return
+        if not self.started:
+            self._start()
+            return
+        self._step()
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done, self._tasks = error, True, []
+
+    # ---- the prompt -----------------------------------------------------------------------------------
+    def _encode_prompt(self) -> list[tuple[list[int], list[tuple[int, int]], int]]:
+        heads = []
+        for m in self.pack.members:
             enc = m.encode(self.prompt)
             keep = m.context_length - self.max_new_tokens - 1
             if keep < 1:
                 raise InputError(f"member {m.name!r}: max_new_tokens={self.max_new_tokens} leaves no room for "
                                  f"the prompt in its context of {m.context_length} tokens")
-            ids, offs = enc.ids[-keep:], enc.offsets[-keep:]  # long prompts keep their end (reported)
-            if len(enc.ids) > keep:
-                truncated[m.name] = len(enc.ids) - keep
-            if not ids:
+            if not enc.ids:
                 raise InputError(f"member {m.name!r}: the prompt {self.prompt[:40]!r} has no tokens")
-            cache = new_cache()
-            out = forward_cached(m, [m.prefix_token_id, *ids], cache)
-            runs.append(TextRun(ids, offs, out[:-1]))
-            caches.append(cache)
-            heads.append([m.prefix_token_id, *ids])
-            rows.append(out[-1])
+            # Long prompts keep their end (reported in the weights' ``truncated``).
+            heads.append((enc.ids[-keep:], enc.offsets[-keep:], max(0, len(enc.ids) - keep)))
+        return heads
+
+    def _read_prompt(self, k: int) -> Steps:
+        member, cache = self.pack.members[k], new_cache()
+        rows = yield Feed(cache, [member.prefix_token_id, *self._heads[k][0]])
+        self._prompt_rows[k] = (cache, rows)
+
+    def _start(self) -> None:
+        pack = self.pack
         t1 = time.perf_counter()
+        self.timings["prompt_forward"] = t1 - self._clock
+        runs = [TextRun(ids, offs, self._prompt_rows[k][1][:-1]) for k, (ids, offs, _) in enumerate(self._heads)]
         analysis = pack.analyse(self.prompt, runs)
-        analysis.forward_seconds = t1 - t0
-        self.lam, self.weights = pack.fit(analysis)
-        self.weights.truncated = truncated
-        self.timings["prompt_forward"] = t1 - t0
+        analysis.forward_seconds = t1 - self._clock
+        self.lam, weights = pack.fit(analysis)
+        weights.truncated = {m.name: h[2] for m, h in zip(pack.members, self._heads, strict=True) if h[2]}
+        self.weights = weights
         self.timings["fit"] = time.perf_counter() - t1
-        self.lead = pack.names.index(self.weights.seed)
+        self.lead = pack.names.index(weights.seed)
         self.active = [k for k in range(len(pack.members)) if float(self.lam[k]) > 0 or k == self.lead]
-        self.readers: dict[int, _Reader] = {}
         for k in self.active:
-            maps = None if pack.same_tokenizer(k, self.lead) else pack.lead_maps(k, self.lead)
-            self.readers[k] = _Reader(pack.members[k], heads[k], list(heads[k]), caches[k], rows[k],
-                                      pack.lexicon(k), maps)
-        self.covers: dict[int, list[Cover] | None] = {k: self.readers[k].read(b"") for k in self.active}
+            cache, rows = self._prompt_rows[k]
+            head = [pack.members[k].prefix_token_id, *self._heads[k][0]]
+            maps = None if pack.vocab.same_tokenizer(k, self.lead) else pack.vocab.lead_maps(k, self.lead)
+            self.readers[k] = Reader(pack.members[k], head, list(head), cache, rows[-1], pack.vocab.lexicon(k), maps)
+        self._prompt_rows.clear()
+        self._tasks = [Task(self, k, self._catch_up(k, b"")) for k in self.active if self.readers[k].maps is not None]
         lead = pack.members[self.lead]
         self.allowed = allowed_ids(lead)
         self.eos = lead.tokenizer.eos_token_id
-        self.cut: list[float] = []  # per step and voting member: the share of its vote cut short (votes.Vote.cut)
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+        self._clock = time.perf_counter()
 
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._pieces)
+    # ---- one step -------------------------------------------------------------------------------------
+    def _catch_up(self, k: int, text: bytes) -> Steps:
+        self.covers[k] = yield from self.readers[k].read(text)
 
     def _fused_row(self) -> torch.Tensor:
         """``[W_L]`` the fused log-distribution of the lead's next token."""
         pack = self.pack
         width = pack.members[self.lead].logits_width
-        rows, weights = [], []
+        rows = torch.zeros(len(pack.members), width)
+        speaks = torch.zeros(len(pack.members), dtype=torch.bool)
         for k in self.active:
             reader = self.readers[k]
             if reader.maps is None:  # the lead's own vocabulary: its row as it is
@@ -372,7 +254,7 @@ class Stream:
                 if row.shape[0] < width:
                     row = torch.cat([row, torch.full((width - row.shape[0],), float("-inf"))])
             else:
-                covers = self.covers[k]
+                covers = self.covers.get(k)
                 v = vote(reader.maps, covers) if covers is not None else None
                 if v is None:
                     continue  # no cover reaches the end of the text: it sits this step out
@@ -383,61 +265,194 @@ class Stream:
                     # sparse where a member is sure, so its own smallest vote would flatten it instead).
                     floor = min(float(row[torch.isfinite(row)].min()), float(reader.row.min()))
                     row = torch.where(torch.isfinite(row), row, torch.tensor(floor))
-            rows.append(fill_holes(row) if pack.fusion == "product" else row)
-            weights.append(float(self.lam[k]))
-        w = torch.tensor(weights)
-        w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1 / len(weights))
-        fused = FUSIONS.get(pack.fusion)(torch.stack(rows), w)
-        return fused.masked_fill(~self.allowed, float("-inf"))
+            rows[k] = fill_holes(row) if pack.fusion == "product" else row
+            speaks[k] = True
+        out = fused(rows[:, None], self.lam, speaks[:, None], pack.fusion)[0]
+        return out.masked_fill(~self.allowed, float("-inf"))
 
-    def _run(self) -> Iterator[str]:
-        lead_tok = self.pack.members[self.lead].tokenizer
-        surfaces = self.pack.lexicon(self.lead).surfaces
-        generated: list[int] = []
-        spelled = b""  # the bytes the lead's tokens spell (a character may be unfinished)
-        emitted = 0
-        hold = max((len(s) for s in self.stop), default=1) - 1
-        t0 = time.perf_counter()
-        self.finish_reason = "length"
-        while self.n_tokens < self.max_new_tokens:
-            token = pick(self._fused_row(), self.temperature, self.top_p, self.generator)
-            self.n_tokens += 1
-            self.timings["steps"] += 1
-            if token == self.eos:
-                self.finish_reason = "stop"
-                break
-            generated.append(token)
-            full = lead_tok.decode(generated, skip_special_tokens=False)
-            text = stable_text(full)
-            cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                self.text, self.finish_reason = text[:cut], "stop"
-                break
-            self.text = text
-            if self.n_tokens >= self.max_new_tokens:
-                break
-            spelled += surfaces[token] if token < len(surfaces) else b""
-            # The others read the decoded text (a lossy seed's surfaces may not spell it: WordPiece) and, while
-            # the seed is inside a character, the bytes of it written so far.
-            reading = text.encode("utf-8") + (spelled[valid_utf8_prefix(spelled):] if text != full else b"")
-            for k in self.active:
-                reader = self.readers[k]
-                if reader.maps is None:
-                    reader.append(token)
-                else:
-                    self.covers[k] = reader.read(reading)
-            safe = len(self.text) - hold
-            if safe > emitted:
-                yield self.text[emitted:safe]
-                emitted = safe
-        self.timings["decode"] = time.perf_counter() - t0
-        if len(self.text) > emitted:
-            yield self.text[emitted:]
+    def _step(self) -> None:
+        self.timings["steps"] += 1
+        token = pick(self._fused_row(), self.temperature, self.top_p, self.generator)
+        self.n_tokens += 1
+        if token == self.eos:
+            self._finish("stop")
+            return
+        self._generated.append(token)
+        full = self.pack.members[self.lead].tokenizer.decode(self._generated, skip_special_tokens=False)
+        text = stable_text(full)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = text[:cut]
+            self._finish("stop")
+            return
+        self.text = text
+        if self.n_tokens >= self.max_new_tokens:
+            self._finish("length")
+            return
+        surfaces = self.pack.vocab.lexicon(self.lead).surfaces
+        self._spelled += surfaces[token] if token < len(surfaces) else b""
+        # The others read the decoded text (a lossy lead's surfaces may not spell it: WordPiece) and, while
+        # the lead is inside a character, the bytes of it written so far.
+        reading = text.encode("utf-8") + (self._spelled[valid_utf8_prefix(self._spelled):] if text != full else b"")
+        self._tasks = [Task(self, k, self.readers[k].append(token) if self.readers[k].maps is None
+                            else self._catch_up(k, reading)) for k in self.active]
+        safe = len(self.text) - self._hold
+        if safe > self._emitted:
+            self.pieces.append(self.text[self._emitted:safe])
+            self._emitted = safe
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason, self.done = reason, True
+        self.timings["decode"] = time.perf_counter() - self._clock
+        if len(self.text) > self._emitted:
+            self.pieces.append(self.text[self._emitted:])
+            self._emitted = len(self.text)
+
+    def result(self) -> Generation:
+        if self.error is not None:
+            raise self.error
+        assert self.weights is not None and self.finish_reason is not None
+        return Generation(self.text, self.weights, self.finish_reason, self.n_tokens, dict(self.timings))
 
 
-def generate(pack: Pack, prompt: str, **kwargs: Any) -> Generation:
-    stream = Stream(pack, prompt, **kwargs)
-    for _ in stream:
-        pass
-    assert stream.finish_reason is not None
-    return Generation(stream.text, stream.weights, stream.finish_reason, stream.n_tokens, dict(stream.timings))
+class MemberWorkers:
+    """One worker thread per member: a round's forward passes of different members run at the same time
+    (each member on its own device). ``parallel=False`` runs them one after another in the caller."""
+
+    def __init__(self, members: Sequence[Member], parallel: bool = True) -> None:
+        self.members = list(members)
+        self._pool = ThreadPoolExecutor(len(members), "lmfuse-member") if parallel and len(members) > 1 else None
+
+    def feed(self, feeds: dict[int, list[Feed]]) -> dict[int, list[torch.Tensor] | BaseException]:
+        """Every member's feeds, each member's as one batch; a member that raises gets its exception
+        (after every member has finished: nothing is left running)."""
+        out: dict[int, list[torch.Tensor] | BaseException] = {}
+        if self._pool is None or len(feeds) == 1:
+            for k, fs in feeds.items():
+                try:
+                    out[k] = self.members[k].feed(fs)
+                except Exception as exc:
+                    out[k] = exc
+            return out
+        futures = {k: self._pool.submit(self.members[k].feed, fs) for k, fs in feeds.items()}
+        for k, future in futures.items():
+            error = future.exception()
+            out[k] = error if error is not None else future.result()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class Decoder:
+    """Steps many `Decoding`s together: per round, each member's feeds from every prompt as one batch."""
+
+    def __init__(self, pack: Pack) -> None:
+        self.pack = pack
+        self.live: list[Decoding] = []
+
+    def add(self, decoding: Decoding) -> None:
+        self.live.append(decoding)
+
+    def step(self) -> list[Decoding]:
+        """One round for every live prompt (its prompt pass, or one token); returns those that finished."""
+        tasks = [t for d in self.live for t in d.tasks()]
+        self._run(tasks)
+        for d in self.live:
+            d.advance()
+        finished = [d for d in self.live if d.done]
+        self.live = [d for d in self.live if not d.done]
+        return finished
+
+    def drop(self, decoding: Decoding) -> None:
+        """Stop decoding a prompt (its client went away)."""
+        decoding.fail(InputError("decoding was stopped"))
+        self.live = [d for d in self.live if d is not decoding]
+
+    def _run(self, tasks: list[Task]) -> None:
+        """Drive the tasks' generators to the end, a batched feed per member per turn."""
+        live = [t for t in tasks if self._send(t, None)]
+        while live:
+            by_member: dict[int, list[Task]] = {}
+            for t in live:
+                by_member.setdefault(t.member, []).append(t)
+            results = self.pack.workers.feed({k: [t.request for t in ts if t.request is not None]
+                                              for k, ts in by_member.items()})  # members at the same time
+            nxt = []
+            for k, ts in by_member.items():
+                result = results[k]
+                # A failed batch: find the prompt whose feed fails; the others go on.
+                rows = self._one_by_one(k, ts) if isinstance(result, BaseException) else list(result)
+                for t, r in zip(ts, rows, strict=True):
+                    if r is not None and not t.owner.done and self._send(t, r):
+                        nxt.append(t)
+            live = nxt
+
+    def _one_by_one(self, k: int, tasks: list[Task]) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for t in tasks:
+            assert t.request is not None
+            try:
+                out.extend(self.pack.members[k].feed([t.request]))
+            except Exception as exc:
+                t.owner.fail(exc)
+                out.append(None)
+        return out
+
+    @staticmethod
+    def _send(task: Task, rows: torch.Tensor | None) -> bool:
+        """Resume a task with its rows; True while it has another feed."""
+        try:
+            task.request = task.steps.send(rows)  # type: ignore[arg-type]  # None starts the generator
+            return True
+        except StopIteration:
+            return False
+        except Exception as exc:
+            task.owner.fail(exc)
+            return False
+
+
+def generate_all(pack: Pack, decodings: Sequence[Decoding], batch_size: int | None = None) -> list[Decoding]:
+    """Decode every prompt, at most ``batch_size`` at a time (all at once by default); a prompt joins as
+    soon as another finishes."""
+    waiting = list(decodings)
+    decoder = Decoder(pack)
+    limit = batch_size or len(waiting)
+    while waiting or decoder.live:
+        while waiting and len(decoder.live) < limit:
+            decoder.add(waiting.pop(0))
+        decoder.step()
+    return list(decodings)
+
+
+class Stream:
+    """Iterator over text pieces of one fused generation. ``weights`` is known when it is created."""
+
+    def __init__(self, pack: Pack, prompt: str, **kwargs: Any) -> None:
+        self.decoding = Decoding(pack, prompt, **kwargs)
+        self._decoder = Decoder(pack)
+        self._decoder.add(self.decoding)
+        while not (self.decoding.started or self.decoding.done):
+            self._decoder.step()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.decoding.error is not None:
+            raise self.decoding.error
+
+    def __getattr__(self, name: str) -> Any:
+        # text, weights, finish_reason, n_tokens, timings, cut, readers, covers: the decoding's
+        return getattr(self.__dict__["decoding"], name)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        d = self.decoding
+        while not d.pieces:
+            if d.done:
+                self._raise()
+                raise StopIteration
+            self._decoder.step()
+        return d.pieces.pop(0)

@@ -1,4 +1,4 @@
-"""Member forward passes the pack needs: full next-token rows of a text, and continuations from a cache.
+"""A member's readings of a text the pack needs: full next-token rows of a text, and continuations after a context.
 
 Row convention (as in ``Member``): a member reads ``[prefix] + ids``; row ``i`` of the returned
 ``[len(ids), V]`` float32 tensor is the log-distribution of ``ids[i]`` given the prefix token and
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from lmfuse.errors import InputError
-from lmfuse.models.member import Member, check_finite
+from lmfuse.models.member import Member, crop_to, new_cache
 
 
 @dataclass
@@ -37,46 +36,7 @@ def read_text(member: Member, text: str, window: int | None = None) -> TextRun:
     enc = member.encode(text)
     if not enc.ids:
         raise InputError(f"member {member.name!r}: text {text[:40]!r} has no tokens")
-    return TextRun(enc.ids, enc.offsets, rows_of(member, enc.ids, window))
-
-
-@torch.inference_mode()
-def rows_of(member: Member, ids: Sequence[int], window: int | None = None) -> torch.Tensor:
-    full = [member.prefix_token_id, *ids]
-    window = min(window or member.context_length, member.context_length)
-    out: list[torch.Tensor] = []
-    start = 0
-    while start < len(ids):
-        end = min(start + window, len(ids))
-        lo = max(0, end - window)
-        (lp,) = member.log_probs([full[lo:end]])
-        out.append(lp[start - lo : end - lo])
-        start = end
-    return torch.cat(out)
-
-
-@torch.inference_mode()
-def forward_cached(member: Member, ids: Sequence[int], cache: Any) -> torch.Tensor:
-    """Feed ``ids`` after what ``cache`` holds; returns ``[len(ids), V]`` float32 log-prob rows."""
-    x = torch.as_tensor([list(ids)], dtype=torch.long, device=member.device)
-    out = member.model(input_ids=x, cache=cache, use_cache=True)
-    lp = torch.log_softmax(out.logits[0].float(), dim=-1)
-    check_finite(lp, member.name)
-    return lp.cpu()
-
-
-def new_cache() -> Any:
-    """A full-attention KV cache (no sliding-window layers), so it can always be rolled back."""
-    from transformers import DynamicCache
-
-    return DynamicCache()
-
-
-def crop_to(cache: Any, length: int) -> None:
-    """Roll ``cache`` back to its first ``length`` positions (transformers 5 crops by a negative count)."""
-    remove = int(cache.get_seq_length()) - length
-    if remove > 0:
-        cache.crop(-remove)
+    return TextRun(enc.ids, enc.offsets, member.rows(enc.ids, window))
 
 
 @torch.inference_mode()
@@ -103,7 +63,7 @@ def read_with_continuations(
     # Long contexts keep their last tokens (left truncation), so context + continuation fits.
     ctx_ids, ctx_off = ctx.ids[-keep:] if keep else [], ctx.offsets[-keep:] if keep else []
     cache = new_cache()
-    head = forward_cached(member, [member.prefix_token_id, *ctx_ids], cache)  # [1 + n_ctx, V]
+    head = member.forward_cached([member.prefix_token_id, *ctx_ids], cache)  # [1 + n_ctx, V]
     ctx_run = TextRun(ctx_ids, ctx_off, head[:-1])
     runs = []
     base = len(ctx_ids) + 1
@@ -111,10 +71,10 @@ def read_with_continuations(
         rows = [head[-1:]]
         if len(enc.ids) > 1:
             if reuse_prefix:
-                rows.append(forward_cached(member, enc.ids[:-1], cache))
+                rows.append(member.forward_cached(enc.ids[:-1], cache))
                 crop_to(cache, base)
             else:
-                rows.append(forward_cached(member, [member.prefix_token_id, *ctx_ids, *enc.ids[:-1]],
-                                           new_cache())[base:])
+                rows.append(member.forward_cached([member.prefix_token_id, *ctx_ids, *enc.ids[:-1]],
+                                                  new_cache())[base:])
         runs.append(TextRun(enc.ids, enc.offsets, torch.cat(rows)))
     return ctx_run, runs

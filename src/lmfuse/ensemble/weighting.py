@@ -21,8 +21,10 @@ members present.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -60,8 +62,8 @@ class WeightProblem:
             # NaN weights would fail `total > 0` below and be scored as the equal-weight fallback.
             raise NumericalError(f"fused-NLL objective: weights {weights.tolist()} are not finite")
         present = self.present if self.present is not None else torch.ones(self.log_probs.shape[:2], dtype=torch.bool)
-        fused = FUSIONS.get(self.fusion)(self.log_probs, renormalised(weights, present))  # [T, S]
-        return -fused.gather(-1, self.targets[:, None])[:, 0].mean()
+        out = fused(self.log_probs, weights, present, self.fusion)  # [T, S]
+        return -out.gather(-1, self.targets[:, None])[:, 0].mean()
 
 
 def renormalised(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,15 @@ def renormalised(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     total = w.sum(0, keepdim=True)
     fallback = present / present.sum(0, keepdim=True).clamp_min(1)
     return torch.where(total > 0, w / total.clamp_min(1e-30), fallback)
+
+
+def fused(log_probs: torch.Tensor, weights: torch.Tensor, present: torch.Tensor, fusion: str) -> torch.Tensor:
+    """``[T, S]`` the fused log-distribution at each of T positions, from ``log_probs [K, T, S]``: the one
+    rule the weight fit, scoring and decoding share. The weights are `renormalised` over the members present
+    at a position (``present [K, T]``); where no member is present, every outcome is equally likely."""
+    out = FUSIONS.get(fusion)(log_probs, renormalised(weights, present))
+    anyone = present.any(0)[:, None]
+    return torch.where(anyone, out, torch.full((), -math.log(log_probs.shape[-1]), dtype=out.dtype))
 
 
 @dataclass(frozen=True)
@@ -175,3 +186,42 @@ def fit_weights(name: str, problem: WeightProblem, options: WeightOptions | None
     if w.shape != (problem.k,) or not bool(torch.isfinite(w).all()) or abs(float(w.sum()) - 1.0) > 1e-4:
         raise InputError(f"weighting {name!r} returned weights off the simplex: {w.tolist()}")
     return w
+
+
+@dataclass
+class WeightReport:
+    """Each member's weight and prompt NLL for one prompt, and the seed: the member whose tokens decoding
+    emits (the largest weight, ties by the lowest NLL, unless fixed)."""
+
+    members: list[str]
+    weights: list[float]
+    nll: list[float]  # normalised as ``nll_norm`` says
+    nll_norm: str
+    seed: str
+    weighting: str
+    fusion: str
+    fitted_nll: float | None = None  # fused NLL per byte of the fitted prompt bytes
+    fit_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    truncated: dict[str, int] = field(default_factory=dict)  # member -> prompt tokens dropped (context too short)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"members": [{"name": n, "weight": w, "nll": x} for n, w, x in
+                            zip(self.members, self.weights, self.nll, strict=True)],
+                "nll_norm": self.nll_norm, "seed": self.seed, "weighting": self.weighting,
+                "fusion": self.fusion, "fitted_nll": self.fitted_nll, "truncated": dict(self.truncated)}
+
+    def __str__(self) -> str:
+        unit = "nats/token" if self.nll_norm == "token" else "nats/byte"
+        lines = [f"weighting {self.weighting} ({self.fusion} fusion); decoding emits {self.seed}'s tokens "
+                 f"(the seed: largest weight, ties by lowest NLL, unless fixed); NLL in {unit} of each member's "
+                 "own tokenization"]
+        width = max(len(n) for n in self.members)
+        for n, w, x in zip(self.members, self.weights, self.nll, strict=True):
+            mark = "  <- seed" if n == self.seed else ""
+            lines.append(f"  {n:<{width}}  weight {w:6.3f}  NLL {x:7.4f}{mark}")
+        if self.fitted_nll is not None:
+            lines.append(f"  fused NLL on the prompt: {self.fitted_nll:.4f} nats/byte")
+        for member, dropped in self.truncated.items():
+            lines.append(f"  warning: {member} read only the end of the prompt ({dropped} earlier tokens did not fit)")
+        return "\n".join(lines)

@@ -59,14 +59,15 @@ class HarnessModel(LM):
                  max_batch_size: Any = None, device: Any = None, **unknown: Any) -> None:
         super().__init__()
         _refuse_unknown(unknown)
-        from lmfuse.ensemble import Pack, WeightOptions, pack_scorer
+        from lmfuse.ensemble import Pack
         from lmfuse.eval.member_scorer import MemberScorer
+        from lmfuse.eval.pack_scorer import pack_scorer
 
         loaded = list(members) if members is not None else _load(model, pack, dtype)
         fixed = _numbers(weights) if weights is not None else None
         # Members load (and fail) here, before lm-eval builds a single request.
         self.pack = Pack(loaded, weighting=weighting, fusion=fusion, seed_member=seed_member, nll_norm=nll_norm,
-                         options=WeightOptions(tau=float(tau), fixed=fixed))
+                         tau=float(tau), weights=fixed)
         if len(loaded) == 1:
             self.scorer: Any = MemberScorer(loaded[0], window=int(window))
             self.system = loaded[0].name

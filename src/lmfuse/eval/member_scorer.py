@@ -10,8 +10,8 @@ Scoring ``context`` and ``continuation`` separately would instead split words th
 joins.
 
 **Prefix reuse.** The options of one example share their first tokens (the prefix token and the
-context). That common prefix runs once, with ``use_cache``; its KV cache is repeated across the
-batch of options, and only each option's remaining tokens run, right-padded, in one batched pass.
+context). That common prefix runs once; only each option's remaining tokens run, as one batch
+(`Member.score_after_prefix`).
 
 **Long contexts.** When prefix token + context + continuation exceed the member's context length,
 the context is left-truncated (its oldest tokens are dropped; the prefix token stays first). A
@@ -23,10 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from lmfuse.errors import InputError
-from lmfuse.models.member import Member, check_finite
+from lmfuse.models.member import Member
 
 HORIZONTAL_SPACE = " \t"
 """Characters that move from the end of a context to its continuations (not newlines: see the module doc)."""
@@ -59,7 +57,7 @@ class MemberScorer:
 
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         seqs, starts = zip(*(self.split(context, c) for c in continuations), strict=True)
-        return {self.member.name: self._score_shared_prefix(list(seqs), list(starts))}
+        return {self.member.name: self.member.score_after_prefix(list(seqs), list(starts))}
 
     def split(self, context: str, continuation: str) -> tuple[list[int], int]:
         """``(ids, start)``: prefix token + joint tokens of the text, and the index in ``ids`` of the
@@ -88,49 +86,3 @@ class MemberScorer:
             ids = [ids[0], *ids[1 + excess :]]
             start -= excess
         return ids, start
-
-    @torch.inference_mode()
-    def _score_shared_prefix(self, seqs: list[list[int]], starts: list[int]) -> list[float]:
-        """Sum of ``log p(seq[j] | seq[:j])`` for ``j >= start`` of each sequence.
-
-        The common prefix ``seqs[*][:m]`` (``m <= min(starts)``, so it is context only) runs once;
-        position ``m - 1`` of that pass predicts every option's token ``m``. The suffixes
-        ``seq[m:]`` then run as one right-padded batch ``[B, S]`` on the prefix's repeated KV cache.
-        """
-        m = _common_prefix_len(seqs, min(starts))
-        model, device = self.member.model, self.member.device
-        prefix = torch.as_tensor([seqs[0][:m]], dtype=torch.long, device=device)  # [1, m]
-        # Only the last prefix position is scored: skip the LM head elsewhere (on Gemma-3 the head
-        # is most of the compute per token).
-        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-        first_lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # [V], predicts token m
-        cache = out.cache
-        suffixes = [s[m:] for s in seqs]
-        width = max(len(s) for s in suffixes)
-        batch = len(seqs)
-        ids = torch.full((batch, width), self.member.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, m + width), dtype=torch.long)
-        mask[:, :m] = 1
-        for row, suffix in enumerate(suffixes):
-            ids[row, : len(suffix)] = torch.as_tensor(suffix, dtype=torch.long)
-            mask[row, m : m + len(suffix)] = 1
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache).logits
-        scores = []
-        for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-            # Predictions for tokens seq[m:], shape [len(seq) - m, V]: first from the prefix pass,
-            # the rest from suffix positions 0 .. len-m-2 (position i predicts i+1).
-            lp = torch.cat([first_lp[None], torch.log_softmax(logits[row, : len(seq) - m - 1].float(), dim=-1)])
-            check_finite(lp, self.member.name)
-            targets = torch.as_tensor(seq[m:], dtype=torch.long, device=lp.device)
-            token_lp = lp.gather(-1, targets[:, None])[:, 0]
-            scores.append(float(token_lp[start - m :].double().sum()))
-        return scores
-
-
-def _common_prefix_len(seqs: list[list[int]], cap: int) -> int:
-    m = 0
-    while m < cap and all(s[m] == seqs[0][m] for s in seqs):
-        m += 1
-    return m  # >= 1: every sequence starts with the prefix token, kept by left-truncation

@@ -5,9 +5,18 @@ Conventions used everywhere in lmfuse:
 * **Position i predicts token i+1.** ``log_probs(ids)[i]`` is the distribution of ``ids[i + 1]``.
 * Every text a member scores is preceded by its *prefix token* (BOS when the tokenizer has one, else
   EOS, as lm-evaluation-harness does for models without BOS), so the first real token is scored too.
-* Log-probabilities are float32 whatever dtype the model runs in.
+* Log-probabilities are float32 on the CPU whatever dtype and device the model runs in: only the rows
+  fusion needs leave the member's device.
 * Logit widths can exceed the tokenizer's length (Qwen pads to 151,936): ``logits_width`` is the
   model's, never ``len(tokenizer)``.
+
+Three kinds of forward pass, all here:
+
+* whole texts (``rows``, ``score_tokens``): rolling windows when a text is longer than the context;
+* options after a shared context (``score_after_prefix``): the context once, the options as one batch
+  on its repeated KV cache;
+* cached decoding (``feed``): each sequence keeps its own KV cache (`new_cache`, rolled back with
+  `crop_to`); the feeds of many sequences run as one left-padded batch, each at its own positions.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ import torch
 
 from lmfuse.errors import InputError, NumericalError
 
+# Logit elements one batched cached forward pass may hold at once (float32: 1 GiB); bigger batches are split.
+FEED_LOGITS_BUDGET = 1 << 28
+
 
 @dataclass(frozen=True)
 class Encoding:
@@ -27,6 +39,40 @@ class Encoding:
 
     ids: list[int]
     offsets: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Feed:
+    """Tokens to append to one sequence's KV cache (``cache`` holds what that sequence has read so far)."""
+
+    cache: Any  # transformers.DynamicCache
+    ids: Sequence[int]
+
+
+def new_cache() -> Any:
+    """A full-attention KV cache (no sliding-window layers), so it can always be rolled back."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def crop_to(cache: Any, length: int) -> None:
+    """Roll ``cache`` back to its first ``length`` positions (transformers 5 crops by a negative count)."""
+    remove = int(cache.get_seq_length()) - length
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def windows(n: int, window: int) -> list[tuple[int, int, int]]:
+    """``(lo, start, end)`` per rolling window over ``n`` tokens read after the prefix token: the window
+    predicts tokens ``start..end-1`` and reads ``[prefix, *ids][lo:end]``, so every token is predicted once,
+    conditioned on up to ``window - 1`` tokens before it (``lo <= start``)."""
+    out, start = [], 0
+    while start < n:
+        end = min(start + window, n)
+        out.append((max(0, end - window), start, end))
+        start = end
+    return out
 
 
 @dataclass
@@ -78,6 +124,7 @@ class Member:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return Encoding(list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])
 
+    # ---- whole texts ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def logits(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One right-padded forward pass.
@@ -103,50 +150,179 @@ class Member:
     def log_probs(self, batch: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Full next-token log-distributions, float32, one ``[len(seq), V]`` tensor per sequence."""
         logits, _ = self.logits(batch)
-        out = []
-        for row, seq in enumerate(batch):
-            lp = torch.log_softmax(logits[row, : len(seq)].float(), dim=-1)
-            check_finite(lp, self.name)
-            out.append(lp.cpu())
+        out = [self._log_softmax(logits[row, : len(seq)]) for row, seq in enumerate(batch)]
         del logits
         return out
 
     @torch.inference_mode()
-    def score_tokens(
-        self, ids: Sequence[int], batch_size: int = 8, window: int | None = None
-    ) -> torch.Tensor:
+    def rows(self, ids: Sequence[int], window: int | None = None) -> torch.Tensor:
+        """``[len(ids), V]`` float32: row ``i`` is the log-distribution of ``ids[i]`` given the prefix token and
+        ``ids[:i]`` (rolling windows of at most ``window`` tokens for texts longer than the context)."""
+        ids = list(ids)
+        if not ids:
+            raise InputError(f"member {self.name!r}: nothing to read (empty token list)")
+        full = [self.prefix_token_id, *ids]
+        out = []
+        for lo, start, end in windows(len(ids), min(window or self.context_length, self.context_length)):
+            (lp,) = self.log_probs([full[lo:end]])
+            out.append(lp[start - lo : end - lo])
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def score_tokens(self, ids: Sequence[int], batch_size: int = 8, window: int | None = None) -> torch.Tensor:
         """Log-prob of every token of ``ids`` given the prefix token and all tokens before it.
 
         Returns float32 ``[len(ids)]``. Texts longer than the context are scored in rolling windows
-        (each window conditions on up to ``context_length - 1`` earlier tokens, as in
-        lm-evaluation-harness's rolling log-likelihood), so every token is scored exactly once.
-        ``window`` caps the window below the context length (memory and speed on CPU).
+        (`windows`, as in lm-evaluation-harness's rolling log-likelihood), ``batch_size`` windows per pass,
+        so every token is scored exactly once. ``window`` caps the window below the context length.
         """
         ids = list(ids)
         if not ids:
             raise InputError(f"member {self.name!r}: nothing to score (empty token list)")
         full = [self.prefix_token_id, *ids]
-        window = min(window or self.context_length, self.context_length)
-        # Token ids[j] is full[j + 1]; it is predicted at the position of full[j] (position i predicts i+1).
-        # A window predicting ids[start:end] reads full[lo:end] with lo = max(0, end - window) <= start.
-        pieces: list[tuple[int, int, int]] = []  # (lo, start, end)
-        start = 0
-        while start < len(ids):
-            end = min(start + window, len(ids))
-            lo = max(0, end - window)
-            pieces.append((lo, start, end))
-            start = end
+        pieces = windows(len(ids), min(window or self.context_length, self.context_length))
         scores: list[torch.Tensor] = []
         for b in range(0, len(pieces), batch_size):
             chunk = pieces[b : b + batch_size]
             logits, _ = self.logits([full[lo:end] for lo, _, end in chunk])
             for row, (lo, start, end) in enumerate(chunk):
-                lp = torch.log_softmax(logits[row, start - lo : end - lo].float(), dim=-1)
-                check_finite(lp, self.name)
-                targets = torch.as_tensor(full[start + 1 : end + 1], dtype=torch.long, device=lp.device)
-                scores.append(lp.gather(-1, targets[:, None])[:, 0].cpu())
+                lp = self._log_softmax(logits[row, start - lo : end - lo])
+                targets = torch.as_tensor(full[start + 1 : end + 1], dtype=torch.long)
+                scores.append(lp.gather(-1, targets[:, None])[:, 0])
             del logits
         return torch.cat(scores)
+
+    # ---- options after a shared context ---------------------------------------------------------------
+    @torch.inference_mode()
+    def score_after_prefix(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[float]:
+        """Sum of ``log p(seq[j] | seq[:j])`` for ``j >= start`` of each sequence (each starts with the prefix
+        token and fits the context).
+
+        The common prefix ``seqs[*][:m]`` (``m <= min(starts)``, so it is context only) runs once; position
+        ``m - 1`` of that pass predicts every option's token ``m``. The suffixes ``seq[m:]`` then run as one
+        right-padded batch ``[B, S]`` on the prefix's repeated KV cache.
+        """
+        m = _common_prefix_len(seqs, min(starts))
+        prefix = torch.as_tensor([list(seqs[0][:m])], dtype=torch.long, device=self.device)  # [1, m]
+        # Only the last prefix position is scored: skip the LM head elsewhere (on Gemma-3 the head
+        # is most of the compute per token).
+        out = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+        first_lp = self._log_softmax(out.logits[0, -1])  # [V], predicts token m
+        cache = out.cache
+        suffixes = [s[m:] for s in seqs]
+        width = max(len(s) for s in suffixes)
+        batch = len(seqs)
+        ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, m + width), dtype=torch.long)
+        mask[:, :m] = 1
+        for row, suffix in enumerate(suffixes):
+            ids[row, : len(suffix)] = torch.as_tensor(list(suffix), dtype=torch.long)
+            mask[row, m : m + len(suffix)] = 1
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache).logits
+        scores = []
+        for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+            # Predictions for tokens seq[m:], shape [len(seq) - m, V]: first from the prefix pass,
+            # the rest from suffix positions 0 .. len-m-2 (position i predicts i+1).
+            lp = torch.cat([first_lp[None], self._log_softmax(logits[row, : len(seq) - m - 1])])
+            targets = torch.as_tensor(list(seq[m:]), dtype=torch.long)
+            scores.append(float(lp.gather(-1, targets[:, None])[:, 0][start - m :].double().sum()))
+        return scores
+
+    # ---- cached decoding ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward_cached(self, ids: Sequence[int], cache: Any) -> torch.Tensor:
+        """Feed ``ids`` after what ``cache`` holds; returns ``[len(ids), V]`` float32 log-prob rows."""
+        x = torch.as_tensor([list(ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=x, cache=cache, use_cache=True)
+        return self._log_softmax(out.logits[0])
+
+    def feed(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+        """Every feed's ``[len(ids), V]`` float32 rows (row ``i`` predicts the token after ``ids[i]``), each
+        cache extended by its ids. One feed runs alone (`forward_cached`); several run as left-padded batches
+        of similar lengths (`_feed_batch`), as many rows per pass as ``FEED_LOGITS_BUDGET`` allows."""
+        if len(feeds) == 1:
+            return [self.forward_cached(feeds[0].ids, feeds[0].cache)]
+        out: list[torch.Tensor | None] = [None] * len(feeds)
+        for group in _similar_lengths(feeds, max(1, FEED_LOGITS_BUDGET // self.logits_width)):
+            if len(group) == 1:
+                out[group[0]] = self.forward_cached(feeds[group[0]].ids, feeds[group[0]].cache)
+                continue
+            for j, rows in zip(group, self._feed_batch([feeds[j] for j in group]), strict=True):
+                out[j] = rows
+        return [r for r in out if r is not None]
+
+    @torch.inference_mode()
+    def _feed_batch(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+        """One forward pass over several caches: each row's cache is left-padded to the longest (masked), its
+        ids follow right-padded, at its own positions; then each row's new keys and values are appended to
+        its own cache. Left padding keeps a row's tokens contiguous, so sliding-window layers see the same
+        distances as when the row runs alone."""
+        from transformers import DynamicCache
+
+        lengths = [int(f.cache.get_seq_length()) for f in feeds]
+        past, width, batch = max(lengths), max(len(f.ids) for f in feeds), len(feeds)
+        stacked = None
+        if past:
+            ref: Any = feeds[lengths.index(past)].cache
+            stacked = []
+            for layer, ref_layer in enumerate(ref.layers):
+                heads, dim = ref_layer.keys.shape[1], ref_layer.keys.shape[3]
+                keys = ref_layer.keys.new_zeros((batch, heads, past, dim))
+                values = ref_layer.values.new_zeros((batch, heads, past, ref_layer.values.shape[3]))
+                for row, f in enumerate(feeds):
+                    if lengths[row]:
+                        keys[row, :, past - lengths[row]:] = f.cache.layers[layer].keys[0]
+                        values[row, :, past - lengths[row]:] = f.cache.layers[layer].values[0]
+                stacked.append((keys, values))
+        cache: Any = DynamicCache(ddp_cache_data=stacked) if stacked else DynamicCache()
+        ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, past + width), dtype=torch.long)
+        positions = torch.zeros((batch, width), dtype=torch.long)
+        for row, f in enumerate(feeds):
+            ids[row, : len(f.ids)] = torch.as_tensor(list(f.ids), dtype=torch.long)
+            mask[row, past - lengths[row] : past + len(f.ids)] = 1
+            positions[row] = lengths[row] + torch.arange(width)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), cache=cache, use_cache=True)
+        rows = [self._log_softmax(out.logits[row, : len(f.ids)]) for row, f in enumerate(feeds)]
+        # Only once every row is finite does any cache grow: a failed batch leaves them all as they were.
+        for row, f in enumerate(feeds):
+            for layer, batched in enumerate(cache.layers):
+                new_keys = batched.keys[row : row + 1, :, past : past + len(f.ids)].clone()
+                new_values = batched.values[row : row + 1, :, past : past + len(f.ids)].clone()
+                f.cache.update(new_keys, new_values, layer)
+        return rows
+
+    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        check_finite(lp, self.name)
+        return lp.cpu()
+
+
+def _similar_lengths(feeds: Sequence[Feed], max_rows: int) -> list[list[int]]:
+    """Indices of ``feeds`` in groups that pad little: by length, a group's longest at most twice its
+    shortest plus 8 tokens, and at most ``max_rows`` logit rows (``rows x longest``) per group."""
+    order = sorted(range(len(feeds)), key=lambda j: len(feeds[j].ids))
+    groups: list[list[int]] = []
+    for j in order:
+        n = len(feeds[j].ids)
+        if groups:
+            group = groups[-1]
+            shortest = len(feeds[group[0]].ids)
+            if n <= 2 * shortest + 8 and (len(group) + 1) * n <= max_rows:
+                group.append(j)
+                continue
+        groups.append([j])
+    return groups
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]], cap: int) -> int:
+    m = 0
+    while m < cap and all(s[m] == seqs[0][m] for s in seqs):
+        m += 1
+    return m  # >= 1: every sequence starts with the prefix token, kept by left-truncation
 
 
 def check_finite(log_probs: torch.Tensor, name: str) -> None:

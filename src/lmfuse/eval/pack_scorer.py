@@ -1,0 +1,163 @@
+"""`PackScorer`: the `lmfuse.eval.scorer.Scorer` protocol for a pack: each member alone, plus the pack under
+each weighting strategy, all from one set of member forward passes per example.
+
+Every member reads the text in its own tokens; the pack's score of a continuation is the sum of the fused
+next-byte log-probs of its bytes, each member read as the exact byte-level model its tokens define
+(`lmfuse.ensemble.bytelevel`), with weights fitted on the context (`lmfuse.ensemble.pack.Pack.fit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmfuse.ensemble.config import DEFAULT_WEIGHTING
+from lmfuse.ensemble.pack import Analysis, Pack
+from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
+from lmfuse.ensemble.weighting import WEIGHTINGS, WeightProblem, fused
+from lmfuse.errors import InputError
+from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
+
+
+def last_positions(problem: WeightProblem, n: int) -> WeightProblem:
+    """The same problem restricted to its last ``n`` positions."""
+    assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
+    return WeightProblem(nll=problem.nll, log_probs=problem.log_probs[:, -n:], targets=problem.targets[-n:],
+                         present=problem.present[:, -n:], fusion=problem.fusion)
+
+
+def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``[T]`` fused log-prob of each target byte of ``problem``, per weight vector (the rule the fit's
+    objective uses: `lmfuse.ensemble.weighting.fused`)."""
+    assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
+    return {name: fused(problem.log_probs, w, problem.present, problem.fusion).gather(-1, problem.targets[:, None])[:, 0]
+            for name, w in weights.items()}
+
+
+@dataclass
+class PackScorer:
+    """`lmfuse.eval.scorer.Scorer` for a pack: each member alone plus ``pack[<weighting>]`` per strategy,
+    all from one set of member forward passes per example (weights fitted on the context)."""
+
+    pack: Pack
+    weightings: list[str]
+    reuse_prefix: bool = True  # False re-reads the context for every option (the benchmark's baseline)
+    window: int | None = None  # rolling-window tokens for whole texts (default: each member's context)
+    _last: dict[str, dict[str, float]] = field(default_factory=dict, init=False, repr=False)  # last_weights
+
+    def __post_init__(self) -> None:
+        for w in self.weightings:
+            WEIGHTINGS.get(w)
+
+    def systems(self) -> list[str]:
+        return [*self.pack.names, *(f"pack[{w}]" for w in self.weightings)]
+
+    def provenance(self) -> dict[str, Any]:
+        pack = self.pack
+        out: dict[str, Any] = {m.name: {"source": m.source, "dtype": str(m.dtype).removeprefix("torch."),
+                                        "context_length": m.context_length, **m.info} for m in pack.members}
+        for w in self.weightings:
+            out[f"pack[{w}]"] = {"members": pack.names, "weighting": w, "fusion": pack.fusion,
+                                 "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "largest weight",
+                                 "fit_bytes": pack.fit_bytes, "probabilities": "exact byte-level (prefix covering)",
+                                 "weights_fitted_on": "the context (prompt) only"}
+        return out
+
+    def _weights(self, a: Analysis, whole: WeightProblem | None = None) -> dict[str, torch.Tensor]:
+        """Each strategy's weights fitted on ``a``; ``whole``: the byte problem of all of ``a``'s text,
+        already read for scoring, whose last ``fit_bytes`` are the fit's (read once, not twice)."""
+        problem: WeightProblem | None = None
+        out = {}
+        for name in self.weightings:
+            if name in ("packllm-opt", "joint-eg") and problem is None and len(self.pack.members) > 1:
+                problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
+            out[f"pack[{name}]"] = self.pack.fit(a, name, problem)[0]
+        return self._remember(out)
+
+    def _remember(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._last = {system: dict(zip(self.pack.names, (float(x) for x in w), strict=True))
+                      for system, w in weights.items()}
+        return weights
+
+    def last_weights(self) -> dict[str, dict[str, float]]:
+        """Each strategy's member weights in the last call (`lmfuse.eval.scorer.ExplainsWeights`)."""
+        return dict(self._last)
+
+    def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
+        pack = self.pack
+        if not continuations:
+            return {name: [] for name in self.systems()}
+        # Context and continuations are tokenized apart (one boundary for every member), so spaces ending
+        # the context ("A: ") move to the continuations: read alone they would be a stray token that no
+        # tokenizer produces before a word. A final newline stays: tokenizers end a line there (Qwen's
+        # ":\n" is one token). `MemberScorer` draws the same line, so the members' columns agree with
+        # evaluating each member alone.
+        stripped = context.rstrip(HORIZONTAL_SPACE)
+        if stripped != context:
+            continuations = [context[len(stripped):] + c for c in continuations]
+            context = stripped
+        reads = [read_with_continuations(m, context, continuations, self.reuse_prefix) for m in pack.members]
+        result: dict[str, list[float]] = {
+            m.name: [float(r.token_logprobs.sum()) for r in conts] for m, (_, conts) in zip(pack.members, reads,
+                                                                                              strict=True)}
+        if context and all(ctx.ids for ctx, _ in reads):
+            weights = self._weights(pack.analyse(context, [ctx for ctx, _ in reads]))
+        else:  # no context to weigh members on: weights as the strategy says without NLLs
+            fitted = [n for n in self.weightings if n in ("packllm-opt", "joint-eg")]
+            if fitted and len(pack.members) > 1:
+                raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
+                                 "give a context, or use uniform, fixed, top1 or packllm-sim")
+            base = Analysis(context, [], torch.zeros(len(pack.members)), 0.0)
+            weights = self._remember({f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0]
+                                      for n in self.weightings})
+        for name in weights:
+            result[name] = []
+        start = len(context.encode("utf-8"))
+        for j, cont in enumerate(continuations):
+            # Each member reads context + continuation in its own tokens (the context's, then the
+            # continuation's); the fused score is the sum of the fused next-byte log-probs of the
+            # continuation's bytes.
+            text = context + cont
+            runs = [_joined(ctx, conts[j], len(context)) for ctx, conts in reads]
+            problem = pack.byte_problem(text, runs, (start, len(text.encode("utf-8"))), torch.zeros(len(runs)))
+            for name, v in fused_byte_logprobs(problem, weights).items():
+                result[name].append(float(v.sum()))
+        return result
+
+    def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
+        """Whole-text log-probs. The pack's weights are fitted on the text itself (transductively, as
+        PackLLM's language-modelling set-up does: the weights see the text they score), or, given
+        ``preceding``, on the text before each one (causally, as in generation)."""
+        pack = self.pack
+        result: dict[str, list[float]] = {name: [] for name in self.systems()}
+        for j, text in enumerate(texts):
+            runs = [read_text(m, text, self.window) for m in pack.members]
+            for m, r in zip(pack.members, runs, strict=True):
+                result[m.name].append(float(r.token_logprobs.sum()))
+            a = pack.analyse(text, runs)
+            problem = pack.byte_problem(text, runs, (0, len(text.encode("utf-8"))), a.nll)
+            if preceding is not None and preceding[j]:
+                weights = self._weights(pack.analyse(preceding[j][-4 * pack.fit_bytes:]))
+            else:
+                weights = self._weights(a, problem)
+            for name, v in fused_byte_logprobs(problem, weights).items():
+                result[name].append(float(v.sum()))
+        return result
+
+
+def _joined(context: TextRun, continuation: TextRun, shift: int) -> TextRun:
+    """A member's reading of context + continuation as one run (offsets into the joined text)."""
+    if not context.ids:
+        return TextRun(continuation.ids, [(a + shift, b + shift) for a, b in continuation.offsets], continuation.rows)
+    return TextRun([*context.ids, *continuation.ids],
+                   [*context.offsets, *((a + shift, b + shift) for a, b in continuation.offsets)],
+                   torch.cat([context.rows, continuation.rows]))
+
+
+def pack_scorer(pack: Pack, weightings: Sequence[str] = (DEFAULT_WEIGHTING,), window: int | None = None,
+                reuse_prefix: bool = True) -> PackScorer:
+    """The scorer `lmfuse eval --pack ... --weighting a,b,c` evaluates (see `PackScorer`)."""
+    return PackScorer(pack, list(weightings), reuse_prefix=reuse_prefix, window=window)
