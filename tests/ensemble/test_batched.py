@@ -149,7 +149,7 @@ def test_member_specs_name_device_and_dtype() -> None:
     assert (spec.spec, spec.device, spec.dtype, spec.name) == ("qwen-coder", "cpu", "bfloat16", "coder")
     config = PackConfig.of(members=["smollm2", "gemma3,dtype=float16"])
     assert [m.dtype for m in config.members] == [None, "float16"]
-    with pytest.raises(InputError, match="devcie.*Did you mean 'device'"):
+    with pytest.raises(InputError, match=r"devcie.*Did you mean 'device'"):
         MemberSpec.parse("smollm2,devcie=cpu")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):

@@ -1,4 +1,4 @@
-"""Queueing and batching: concurrent requests share pack calls, the queue limit answers 429, a client that
+"""Queueing and continuous batching: concurrent requests share decoding steps, the queue limit answers 429, a client that
 leaves frees its slot, and the event loop stays free while the pack works."""
 
 from __future__ import annotations
@@ -50,20 +50,21 @@ def test_one_at_a_time_when_max_batch_is_1() -> None:
     assert pack.calls == [1, 1, 1, 1]
 
 
-def test_sampled_requests_with_seeds_are_not_merged() -> None:
+def test_sampled_requests_with_their_own_seeds_share_a_step() -> None:
+    """Each prompt samples with its own seed, so requests with any parameters decode together."""
     gate = threading.Event()
     pack = SlowPack(gate=gate)
     with ServerThread(pack, ServeConfig(port=0, max_batch=8)) as url, ThreadPoolExecutor(4) as pool:
         c = client(url)
         first = pool.submit(c.completions.create, model=MODEL, prompt="busy", temperature=0)
         wait_for(pack.running.is_set)
-        sampled = [pool.submit(c.completions.create, model=MODEL, prompt="x", temperature=1.0, seed=s)
+        sampled = [pool.submit(c.completions.create, model=MODEL, prompt="x", temperature=1.0, seed=s, max_tokens=3)
                    for s in range(3)]
         wait_for(lambda: pending(url) == 4)  # all three wait in the queue together
         gate.set()
         for f in [first, *sampled]:
             f.result()
-    assert pack.calls == [1, 1, 1, 1]  # one batch of three, but one pack call each (their seeds differ)
+    assert pack.calls == [1, 3]  # the three joined the running one at its next step
 
 
 def test_queue_limit_answers_429() -> None:
@@ -84,7 +85,7 @@ def test_queue_limit_answers_429() -> None:
 def test_a_stream_whose_client_leaves_frees_its_slot_and_stops_decoding() -> None:
     pack = SlowPack(delay=0.05, pieces=200)
     with ServerThread(pack, ServeConfig(port=0, max_pending=1)) as url:
-        body = {"model": MODEL, "prompt": "long", "stream": True}
+        body = {"model": MODEL, "prompt": "long", "stream": True, "max_tokens": 500}
         with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
@@ -93,7 +94,7 @@ def test_a_stream_whose_client_leaves_frees_its_slot_and_stops_decoding() -> Non
         assert made < 200
         time.sleep(0.3)
         assert pack.pieces_made <= made + 1  # decoding stopped at the next piece
-        assert client(url).completions.create(model=MODEL, prompt="ok").choices[0].text == "ko"
+        assert client(url).completions.create(model=MODEL, prompt="ok", max_tokens=2).choices[0].text == "xx"
 
 
 def test_a_waiting_client_that_leaves_frees_its_slot() -> None:

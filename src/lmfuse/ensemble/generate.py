@@ -152,6 +152,7 @@ class Decoding:
         self.finish_reason: str | None = None
         self.n_tokens = 0
         self.text = ""
+        self.reading = b""  # what the members other than the lead read in the round that follows a step
         self.pieces: list[str] = []
         self.done = False
         self.error: BaseException | None = None
@@ -294,6 +295,7 @@ class Decoding:
         # The others read the decoded text (a lossy lead's surfaces may not spell it: WordPiece) and, while
         # the lead is inside a character, the bytes of it written so far.
         reading = text.encode("utf-8") + (self._spelled[valid_utf8_prefix(self._spelled):] if text != full else b"")
+        self.reading = reading
         self._tasks = [Task(self, k, self.readers[k].append(token) if self.readers[k].maps is None
                             else self._catch_up(k, reading)) for k in self.active]
         safe = len(self.text) - self._hold

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from lmfuse.ensemble.config import MemberSpec, PackConfig
-from lmfuse.ensemble.generate import Decoding, Generation, MemberWorkers, Stream, generate_all
+from lmfuse.ensemble.generate import Decoder, Decoding, Generation, MemberWorkers, Stream, generate_all
 from lmfuse.ensemble.runs import TextRun, read_text
 from lmfuse.ensemble.vocab import PackVocab
 from lmfuse.ensemble.weighting import WeightOptions, WeightProblem, WeightReport, fit_weights
@@ -215,6 +215,14 @@ class Pack:
         decodings = [Decoding(self, p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               stop=stop, seed=first + i) for i, p in enumerate(prompts)]
         return [d.result() for d in generate_all(self, decodings, batch_size)]
+
+    def decoding(self, prompt: str, **kwargs: Any) -> Decoding:
+        """One prompt's decoding, to step with others in a `decoder` (the server's continuous batching)."""
+        return Decoding(self, prompt, **kwargs)
+
+    def decoder(self) -> Decoder:
+        """A `Decoder`: steps many decodings together, prompts joining and leaving at any step."""
+        return Decoder(self)
 
     def stream(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                stop: Sequence[str] = (), seed: int | None = None) -> Stream:

@@ -1,27 +1,27 @@
-"""The request queue in front of the pack: admission (429), batching, one pack thread, disconnects.
+"""The request queue in front of the pack: admission (429), continuous batching in one pack thread, disconnects.
 
-    handler --admit()--> slot (or 429) --submit(job)--> asyncio queue --worker--> batch of <= max_batch jobs
-        --> pack thread (one; the pack is not thread-safe): pack.generate on each group of compatible
-            non-streaming jobs, then the batch's streams stepped round-robin, piece by piece
-        --> results/pieces handed back to the event loop with call_soon_threadsafe
+    handler --admit()--> slot (or 429) --submit(job)--> inbox --pack thread--> decoder (<= max_batch prompts)
+        each step: queued jobs join (up to max_batch live), one step of every live prompt runs with each
+        member's forward passes batched over them (`lmfuse.ensemble.generate.Decoder`), pieces and results
+        are handed back to the event loop with call_soon_threadsafe
 
-The event loop never runs model code. A job whose client went away is marked cancelled: if it is still
-queued it is dropped before it reaches the pack, a stream stops at its next piece, and its slot is
-released by the handler as soon as the disconnect is seen (the slot counts admitted, unfinished requests).
+The event loop never runs model code. A request that arrives while others decode joins at the next step
+(continuous batching); each prompt keeps its own parameters and sampling seed, so any requests can share a
+step. A job whose client went away is marked cancelled: if it is still queued it is dropped before it
+reaches the pack, a decoding one leaves the batch at the next step, and its slot is released by the handler
+as soon as the disconnect is seen (the slot counts admitted, unfinished requests).
 
-Compatible jobs share one ``pack.generate`` call: same max_tokens, temperature, top_p and stop strings,
-and a seed that does not change their result (greedy decoding ignores the seed; sampled requests with an
-explicit seed run alone, because ``pack.generate`` gives the i-th prompt ``seed + i``).
+The pack is anything with ``decoder()`` and ``decoding(prompt, **params)`` (`lmfuse.ensemble.Pack`; the tests
+use a scripted fake).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import queue
+import secrets
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from lmfuse.serve.config import ServeConfig
 from lmfuse.serve.errors import APIError
 
 log = logging.getLogger("lmfuse.serve")
+IDLE_POLL_S = 0.1  # how often an idle pack thread looks for a stop request
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,12 @@ class Params:
     stop: tuple[str, ...]
     seed: int | None
 
-    def group_key(self, unique: int) -> tuple[Any, ...]:
-        seed: Any = None if self.temperature == 0 else (self.seed if self.seed is None else ("alone", unique))
-        return (self.max_tokens, self.temperature, self.top_p, self.stop, seed)
-
     def kwargs(self) -> dict[str, Any]:
+        """`lmfuse.ensemble.generate.Decoding`'s arguments. A request without a seed samples with a fresh one
+        (as OpenAI's API does); with one, the same request gives the same text whatever it shares a step with."""
+        seed = self.seed if self.seed is not None else secrets.randbits(31)
         return {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "stop": list(self.stop), "seed": self.seed}
+                "stop": list(self.stop), "seed": seed}
 
 
 @dataclass
@@ -72,6 +72,7 @@ class Job:
     future: asyncio.Future[Completed] = field(init=False)
     events: asyncio.Queue[tuple[Any, ...]] = field(init=False, default_factory=asyncio.Queue)
     cancelled: threading.Event = field(init=False, default_factory=threading.Event)
+    started: bool = field(init=False, default=False)  # a stream's "start" event has gone out
 
     def __post_init__(self) -> None:
         self.future = self.loop.create_future()
@@ -82,6 +83,12 @@ class Job:
 
     def emit(self, *event: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def fail(self, error: BaseException) -> None:
+        if self.stream:
+            self.emit("error", error)
+        else:
+            self.resolve(error)
 
 
 def _settle(future: asyncio.Future[Completed], value: Completed | BaseException) -> None:
@@ -101,40 +108,39 @@ def prompt_tokens(pack: Any, member_name: str, text: str) -> int:
     return 0
 
 
-def completed(pack: Any, prompt: str, gen: Any) -> Completed:
-    report = gen.weights
-    return Completed(gen.text, gen.finish_reason, gen.n_tokens, prompt_tokens(pack, report.seed, prompt),
-                     report.as_dict(), report.seed)
+def completed(pack: Any, prompt: str, decoding: Any) -> Completed:
+    report = decoding.weights
+    return Completed(decoding.text, decoding.finish_reason or "length", decoding.n_tokens,
+                     prompt_tokens(pack, report.seed, prompt), report.as_dict(), report.seed)
 
 
 class Batcher:
-    """Owns the queue, the admission count and the pack thread. Start and stop it inside the app's lifespan."""
+    """Owns the inbox, the admission count and the pack thread. Start and stop it inside the app's lifespan."""
 
     def __init__(self, pack: Any, config: ServeConfig) -> None:
         self.pack, self.config = pack, config
         self.pending = 0  # admitted and not yet released (only touched on the event loop)
-        self.batches: list[int] = []  # size of each batch sent to the pack, for tests and /health
-        self._queue: asyncio.Queue[Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.batches: list[int] = []  # prompts decoded together at each step, for tests and /health
+        self._inbox: queue.Queue[Job] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmfuse-pack")
-        self._worker = asyncio.create_task(self._run(), name="lmfuse-batcher")
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="lmfuse-pack", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        while self._queue is not None and not self._queue.empty():
-            job = self._queue.get_nowait()
-            _settle(job.future, APIError(503, "the server is shutting down", "server_error"))
-            job.events.put_nowait(("error", APIError(503, "the server is shutting down", "server_error")))
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            job.fail(APIError(503, "the server is shutting down", "server_error"))
 
     # ---- admission ------------------------------------------------------------------------------------
     def admit(self, n: int = 1) -> None:
@@ -149,91 +155,79 @@ class Batcher:
         self.pending -= n
 
     def submit(self, prompt: str, params: Params, stream: bool) -> Job:
-        if self._queue is None:
+        if self._thread is None or self._stopping.is_set():
             raise APIError(503, "the server is not running", "server_error")
         job = Job(prompt, params, stream, asyncio.get_running_loop())
-        self._queue.put_nowait(job)
+        self._inbox.put(job)
         return job
 
-    # ---- the worker -----------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            if self.config.max_batch > 1 and self._queue.empty() and self.config.batch_window_ms > 0:
-                await asyncio.sleep(self.config.batch_window_ms / 1000)
-            while len(batch) < self.config.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            batch = [j for j in batch if not j.cancelled.is_set()]
-            if not batch:
+    # ---- the pack thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        decoder = self.pack.decoder()
+        live: list[tuple[Job, Any]] = []
+        while not self._stopping.is_set():
+            if not live:
+                try:
+                    first = self._inbox.get(timeout=IDLE_POLL_S)
+                except queue.Empty:
+                    continue
+                self._inbox.put(first)  # joins below with whatever comes in the batch window
+                if self.config.max_batch > 1 and self.config.batch_window_ms > 0:
+                    self._stopping.wait(self.config.batch_window_ms / 1000)
+            live += self._admit(decoder, self.config.max_batch - len(live))
+            if not live:
                 continue
-            self.batches.append(len(batch))
+            self.batches.append(len(live))
             try:
-                await loop.run_in_executor(self._executor, run_batch, self.pack, batch)
-            except Exception as exc:  # run_batch reports per job; this is a last resort, never fatal
-                log.exception("pack batch failed")
-                for job in batch:
-                    job.resolve(exc)
-                    job.emit("error", exc)
+                decoder.step()
+            except Exception as exc:  # the decoder reports per prompt; this is a last resort, never fatal
+                log.exception("pack step failed")
+                for job, _ in live:
+                    job.fail(exc)
+                live, decoder = [], self.pack.decoder()
+                continue
+            live = [(job, d) for job, d in live if not self._deliver(decoder, job, d)]
+        for job, _ in live:
+            job.fail(APIError(503, "the server is shutting down", "server_error"))
 
-
-def run_batch(pack: Any, batch: Sequence[Job]) -> None:
-    """In the pack thread: every non-streaming group through ``pack.generate``, then the streams."""
-    groups: dict[tuple[Any, ...], list[Job]] = {}
-    for i, job in enumerate(batch):
-        if not job.stream:
-            groups.setdefault(job.params.group_key(i), []).append(job)
-    for jobs in groups.values():
-        _generate_group(pack, [j for j in jobs if not j.cancelled.is_set()])
-    _step_streams(pack, [j for j in batch if j.stream])
-
-
-def _generate_group(pack: Any, jobs: list[Job]) -> None:
-    if not jobs:
-        return
-    try:
-        gens = pack.generate([j.prompt for j in jobs], **jobs[0].params.kwargs())
-    except Exception as exc:
-        if len(jobs) > 1:  # find the one prompt that failed; the others still get their answer
-            for job in jobs:
-                _generate_group(pack, [job])
-            return
-        jobs[0].resolve(exc)
-        return
-    for job, gen in zip(jobs, gens, strict=True):
-        try:
-            job.resolve(completed(pack, job.prompt, gen))
-        except Exception as exc:
-            job.resolve(exc)
-
-
-def _step_streams(pack: Any, jobs: list[Job]) -> None:
-    """Start every stream (prompt forward + weight fit), then step them round-robin, one piece each."""
-    live: list[tuple[Job, Any]] = []
-    for job in jobs:
-        if job.cancelled.is_set():
-            continue
-        try:
-            stream = pack.stream(job.prompt, **job.params.kwargs())
-        except Exception as exc:
-            job.emit("error", exc)
-            continue
-        job.emit("start", stream.weights.as_dict(), stream.weights.seed)
-        live.append((job, stream))
-    while live:
-        still = []
-        for job, stream in live:
+    def _admit(self, decoder: Any, room: int) -> list[tuple[Job, Any]]:
+        """Queued jobs that join the batch now (those whose client left are dropped unseen)."""
+        joined: list[tuple[Job, Any]] = []
+        while len(joined) < room:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
             if job.cancelled.is_set():
-                continue  # the client left: stop decoding for it
+                continue
             try:
-                job.emit("piece", next(stream))
-                still.append((job, stream))
-            except StopIteration:
-                report = stream.weights
-                job.emit("end", Completed(stream.text, stream.finish_reason or "length", stream.n_tokens,
-                                          prompt_tokens(pack, report.seed, job.prompt), report.as_dict(),
-                                          report.seed))
-            except Exception as exc:
-                job.emit("error", exc)
-        live = still
+                decoding = self.pack.decoding(job.prompt, **job.params.kwargs())
+            except Exception as exc:  # a bad prompt (no tokens for a member, ...): this job's error only
+                job.fail(exc)
+                continue
+            decoder.add(decoding)
+            joined.append((job, decoding))
+        return joined
+
+    def _deliver(self, decoder: Any, job: Job, decoding: Any) -> bool:
+        """Hand a step's outcome to the job; True when the job has left the batch."""
+        if job.cancelled.is_set():
+            decoder.drop(decoding)  # the client left: stop decoding for it
+            return True
+        if decoding.error is not None:
+            job.fail(decoding.error)
+            return True
+        if job.stream and decoding.started:
+            if not job.started:
+                job.started = True
+                job.emit("start", decoding.weights.as_dict(), decoding.weights.seed)
+            while decoding.pieces:
+                job.emit("piece", decoding.pieces.pop(0))
+        if not decoding.done:
+            return False
+        result = completed(self.pack, job.prompt, decoding)
+        if job.stream:
+            job.emit("end", result)
+        else:
+            job.resolve(result)
+        return True
