@@ -1,13 +1,17 @@
 """Benchmark the pack on real members: decoding speed, weight-fit share, scoring throughput, memory.
 
     python benchmarks/pack.py                       # the installed default-pack members
-    python benchmarks/pack.py --members smollm2,gemma3 --tokens 24 --parts speed,fit
+    python benchmarks/pack.py --members smollm2,gemma3 --tokens 16 --parts batch --batch-sizes 1,8
 
 Generation fidelity has its own benchmark: benchmarks/generation.py.
 
 Prints one table per part with the baseline measured in the same run, and the ratios:
-* speed     fused greedy time per token vs the sum of the members' own cached greedy time per token
-            (goal <= 1.15x), and weight fitting as a share of the prompt's forward passes (goal <= 5%);
+* batch     fused greedy decoding of B prompts at once (B = 1, 4, 8, 16; uniform weights, so every member
+            reads and votes at every step) against each member's own batched cached greedy decoding with
+            transformers (``model.generate``, left-padded, same prompts, same number of tokens): fused
+            tokens/s, the members' summed time, and fused throughput as a share of theirs (goal >= 0.85 at
+            B = 8); members in parallel (a worker thread each) against one after another, and against the
+            slowest member alone; peak resident memory of the decoding at each B;
 * scoring   multiple-choice examples per second with and without prefix (KV cache) reuse;
 * memory    peak resident memory vs the sum of the members' weights;
 * fit       weight fitting on a long (~250-token) prompt as a share of its forward passes (goal <= 5%),
@@ -18,12 +22,16 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from lmfuse.ensemble import Pack
 from lmfuse.eval.pack_scorer import pack_scorer
 from lmfuse.models.load import load_member
 
+sys.path.insert(0, str(Path(__file__).parent))
 PROMPTS = [
     "def fibonacci(n):\n",
     "The capital of France is Paris. The capital of Italy is",
@@ -37,19 +45,64 @@ CONTEXT = ("Question: Which of these sentences uses the adjective order a native
 OPTIONS = [" (A)", " (B)", " both", " neither"]
 
 
-def speed(pack: Pack, prompts: list[str], tokens: int) -> None:
-    own = {}
-    for m in pack.members:
-        gens = Pack([m]).generate(prompts, max_new_tokens=tokens)
-        own[m.name] = sum(g.timings["decode"] for g in gens) / sum(g.timings["steps"] for g in gens)
-    for weighting in ("packllm-opt", "uniform"):
-        pack.reconfigure(weighting=weighting)
-        gens = pack.generate(prompts, max_new_tokens=tokens)
-        fused = sum(g.timings["decode"] for g in gens) / sum(g.timings["steps"] for g in gens)
-        fit = sum(g.timings["fit"] for g in gens) / sum(g.timings["prompt_forward"] for g in gens)
-        print(f"| {weighting} | {fused * 1000:.0f} ms/token | sum of members {sum(own.values()) * 1000:.0f} ms/token "
-              f"({', '.join(f'{k} {v * 1000:.0f}' for k, v in own.items())}) | ratio {fused / sum(own.values()):.2f}x "
-              f"| fit / prompt forward {fit:.1%} |")
+def member_generate(member: Any, prompts: list[str], tokens: int) -> float:
+    """Seconds for ``member`` alone to decode ``tokens`` greedy tokens after each prompt, all prompts as one
+    left-padded batch with its KV cache (transformers ``generate``; prompt pass included, as for the pack)."""
+    import torch
+
+    tok = member.tokenizer
+    rows = [[member.prefix_token_id, *member.encode(p).ids] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), member.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        member.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
+                              do_sample=False, pad_token_id=member.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
+    return time.perf_counter() - t0
+
+
+def peak_rss_reset() -> None:
+    """Reset the process's peak resident set (Linux), so the next reading is the peak of what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def batch(pack: Pack, tokens: int, sizes: list[int]) -> None:
+    from generation_prompts import PROMPTS as BY_KIND
+
+    pool = [p for kind in BY_KIND.values() for p in kind[:2]]  # two per kind, fifteen kinds
+    pack.reconfigure(weighting="uniform")
+    print("| B | fused tokens/s (parallel) | fused s | members' own s (sum; each) | fused share of members' "
+          "throughput | serial s | parallel vs serial | slowest member s | fused / slowest | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for b in sizes:
+        prompts = pool[:b]
+        own = {m.name: member_generate(m, prompts, tokens) for m in pack.members}
+        timings = {}
+        for parallel in (True, False):
+            pack.reconfigure(parallel=parallel)
+            peak_rss_reset()
+            t0 = time.perf_counter()
+            gens = pack.generate(prompts, max_new_tokens=tokens, batch_size=b)
+            timings[parallel] = (time.perf_counter() - t0, peak_rss(), sum(g.n_tokens for g in gens))
+        fused, peak, n = timings[True]
+        summed, slowest = sum(own.values()), max(own.values())
+        print(f"| {b} | {n / fused:.1f} | {fused:.1f} | {summed:.1f} ({', '.join(f'{k} {v:.1f}' for k, v in own.items())}) "
+              f"| {summed / fused:.2f} | {timings[False][0]:.1f} | {timings[False][0] / fused:.2f}x | {slowest:.1f} "
+              f"| {fused / slowest:.2f} | {peak / 2**30:.2f} GiB |", flush=True)
 
 
 def scoring(pack: Pack, n: int) -> None:
@@ -153,10 +206,10 @@ def norm_choice(pack: Pack) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", help="comma-separated specs (default: installed default-pack members)")
-    parser.add_argument("--tokens", type=int, default=24)
-    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=16, help="tokens decoded per prompt (batch part)")
     parser.add_argument("--mc", type=int, default=3, help="multiple-choice examples per scoring run")
-    parser.add_argument("--parts", default="norm,speed,scoring,fit,memory")
+    parser.add_argument("--batch-sizes", default="1,4,8,16")
+    parser.add_argument("--parts", default="norm,batch,scoring,fit,memory")
     args = parser.parse_args()
     if args.members:
         specs = args.members.split(",")
@@ -170,12 +223,11 @@ def main() -> None:
     t0 = time.perf_counter()
     pack.weights(PROMPTS[0])  # builds (or loads from the disk cache) every vocabulary map once
     print(f"first weights (incl. vocabulary maps) {time.perf_counter() - t0:.1f} s")
-    prompts = PROMPTS[: args.prompts]
     parts = args.parts.split(",")
     if "norm" in parts:
         norm_choice(pack)
-    if "speed" in parts:
-        speed(pack, prompts, args.tokens)
+    if "batch" in parts:
+        batch(pack, args.tokens, [int(b) for b in args.batch_sizes.split(",")])
     if "scoring" in parts:
         scoring(pack, args.mc)
     if "fit" in parts:

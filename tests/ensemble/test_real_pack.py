@@ -104,3 +104,18 @@ def test_one_hot_pack_scores_each_real_member_exactly_whatever_the_others() -> N
         own = MemberScorer(member).text_logprob(EXACT_TEXTS)[member.name]
         for text, f, o in zip(EXACT_TEXTS, fused, own, strict=True):
             assert abs(f - o) <= 0.005 * abs(o), (member.name, text[:30], f, o)
+
+
+def test_batched_decoding_equals_one_prompt_at_a_time_on_the_default_pack() -> None:
+    """Eight prompts of mixed lengths and kinds, decoded together (each member's forward passes batched over
+    them, the members in parallel), write what each writes alone."""
+    members = [load(n) for n in ("smollm2", "gemma3", "qwen-coder")]
+    prompts = ["def fibonacci(n):\n", "The capital of France is Paris. The capital of Italy is",
+               "東京は日本の首都であり、", "Q: What is 17 * 3?\nA:", "- apples\n- pears\n-",
+               "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+               "import numpy as np\n\nx = np.", "Dear Sir or Madam,\n\nI am writing to"]
+    pack = Pack(members)
+    batched = pack.generate(prompts, max_new_tokens=12)
+    for prompt, got in zip(prompts, batched, strict=True):
+        (alone,) = pack.generate([prompt], max_new_tokens=12)
+        assert (got.text, got.weights.seed) == (alone.text, alone.weights.seed), prompt

@@ -99,6 +99,9 @@ class Pack:
         """Change config fields of a loaded pack (``pack.reconfigure(weighting="uniform")``), validated."""
         config = PackConfig.of(**{**self.config.model_dump(), **fields})
         self._check(config)
+        if config.parallel != self.config.parallel:
+            self.workers.close()
+            self.workers = MemberWorkers(self.members, parallel=config.parallel)
         self.config = config
 
     def _check(self, config: PackConfig) -> None:
