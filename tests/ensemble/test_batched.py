@@ -42,8 +42,9 @@ def test_batched_greedy_decoding_equals_one_prompt_at_a_time(toy_members: dict[s
 
 
 def test_serial_and_parallel_members_decode_the_same(toy_members: dict[str, Member]) -> None:
+    assert not Pack([toy_members["bytebpe"], toy_members["sentencepiece"]]).workers.parallel  # auto: one device
     members = [toy_members["bytebpe"], toy_members["sentencepiece"], toy_members["wordpiece"]]
-    parallel = Pack(members, weighting="uniform").generate(PROMPTS[:4], max_new_tokens=8)
+    parallel = Pack(members, weighting="uniform", parallel=True).generate(PROMPTS[:4], max_new_tokens=8)
     serial = Pack(members, weighting="uniform", parallel=False).generate(PROMPTS[:4], max_new_tokens=8)
     assert [g.text for g in parallel] == [g.text for g in serial]
 
@@ -112,7 +113,7 @@ def test_a_member_that_fails_one_prompt_fails_only_that_prompt(toy_members: dict
     a, b = toy_members["bytebpe"], toy_members["sentencepiece"]
     bad = b.encode("日本語")
     flaky = dataclasses.replace(b, name="flaky", model=FailsOn(b, bad.ids[-1]))
-    pack = Pack([a, flaky], weighting="fixed", weights=[0.5, 0.5])
+    pack = Pack([a, flaky], weighting="fixed", weights=[0.5, 0.5], parallel=True)  # a worker thread per member
     decoder = Decoder(pack)
     good, broken = Decoding(pack, PROMPTS[0], max_new_tokens=6), Decoding(pack, "日本語", max_new_tokens=6)
     for d in (good, broken):

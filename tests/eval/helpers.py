@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,10 @@ def mc_only_tree(root: Path) -> Path:
     (root / "tqa").mkdir(parents=True, exist_ok=True)
     (root / "tqa" / "task_mc.json").write_text(json.dumps({"examples": yes_no_examples(3)}), encoding="utf-8")
     return root
+
+
+class OneByOne:
+    """``loglikelihood_many`` for a test scorer that has only ``loglikelihood``."""
+
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+        return [self.loglikelihood(c, list(o)) for c, o in requests]  # type: ignore[attr-defined]

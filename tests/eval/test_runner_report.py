@@ -17,10 +17,10 @@ from lmfuse.eval.runner import Results, evaluate, merge
 from lmfuse.eval.tasks import MCExample, MCTask
 from lmfuse.models.member import Member
 
-from .helpers import bigbench_tree
+from .helpers import OneByOne, bigbench_tree
 
 
-class FixedScorer:
+class FixedScorer(OneByOne):
     """Prefers the option whose text is listed in ``likes``; counts the contexts it was given."""
 
     def __init__(self, likes: set[str]) -> None:
@@ -183,7 +183,7 @@ def test_half_written_results_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_report_pairs_fused_systems_with_uniform_and_the_best_member(tmp_path: Path) -> None:
-    class Systems:
+    class Systems(OneByOne):
         """A member and pack[uniform] with no preference, and pack[yes] preferring "Yes"."""
 
         def systems(self) -> list[str]:
@@ -204,7 +204,7 @@ def test_report_pairs_fused_systems_with_uniform_and_the_best_member(tmp_path: P
     assert "best member (member)" in report
 
 
-class OracleScorer:
+class OracleScorer(OneByOne):
     """Two members and one fused system on the parity task: ``a`` always says Yes, ``b`` always No,
     ``pack[u]`` is always right. On text: 2, 3 and 1.5 bits per byte."""
 

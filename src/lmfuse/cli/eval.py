@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fused.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                        help="NLL normalisation for weights and the seed member (default: %(default)s)")
     parser.add_argument("--window", type=int, default=2048, help="rolling-window tokens for bits per byte")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="multiple-choice examples read per forward pass (default: %(default)s; results do "
+                             "not depend on it)")
     parser.add_argument("--out", type=Path, help="directory for results.json, report.md and plot.png")
     parser.add_argument("--resume", action="store_true",
                         help="keep the tasks an earlier, stopped run already finished in --out (same settings)")
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 "data_dir": data_dir.describe() if data_dir else None, "data_precedence": PRECEDENCE}
     results = evaluate(
         scorer, tasks, limit=args.limit, shots=args.shots, seed=args.seed, provenance=scorer.provenance(),
-        extra_settings=settings, fit_on=args.fit_on,
+        extra_settings=settings, fit_on=args.fit_on, batch_size=args.batch_size,
         on_task=(lambda partial: write_report(partial, args.out)) if args.out else None, resume=previous,
     )
     if args.out:

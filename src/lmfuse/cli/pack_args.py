@@ -29,9 +29,9 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
                    help="NLL normalisation for NLL-based weights and seed ties (default: %(default)s)")
     g.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="weights dtype of members that do not name one (default: %(default)s)")
-    g.add_argument("--serial", action="store_true",
-                   help="run the members' forward passes one after another (default: one worker thread per "
-                        "member, at the same time)")
+    g.add_argument("--parallel", choices=("auto", "on", "off"), default="auto",
+                   help="run the members' forward passes at the same time, a worker thread each (auto: when they "
+                        "are on more than one device; default: %(default)s)")
 
 
 def pack_config(args: argparse.Namespace) -> Any:
@@ -48,7 +48,7 @@ def pack_config(args: argparse.Namespace) -> Any:
         raise InputError("--weighting fixed needs --weights w1,w2,... (one per member)")
     return PackConfig.of(members=list(args.model), weighting=args.weighting, fusion=args.fusion,
                          seed_member=args.seed_member, nll_norm=args.nll_norm, dtype=args.dtype, tau=args.tau,
-                         weights=fixed, parallel=not args.serial)
+                         weights=fixed, parallel={"auto": None, "on": True, "off": False}[args.parallel])
 
 
 def load_pack(args: argparse.Namespace) -> Any:

@@ -95,7 +95,10 @@ class PackConfig(BaseModel):
     weights: list[Annotated[float, Field(ge=0)]] | None = None  # weighting "fixed": one per member
     fit_bytes: Annotated[int, Field(ge=1)] = DEFAULT_FIT_BYTES
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    parallel: bool = True  # one worker thread per member: their forward passes of a step run at the same time
+    # One worker thread per member, so their forward passes of a step run at the same time. None: only when
+    # the members are on more than one device (on one 2-core CPU, threads competing for the cores were
+    # 0.85-0.86x as fast as one member after another at 8 and 16 prompts: benchmarks/pack.py, docs/batching.md).
+    parallel: bool | None = None
 
     @field_validator("weighting")
     @classmethod

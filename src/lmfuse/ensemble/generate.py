@@ -35,10 +35,11 @@ products (log-probs agree to ~1e-4); sampling draws from each prompt's own seede
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +52,8 @@ from lmfuse.ensemble.votes import Cover, vote
 from lmfuse.ensemble.weighting import WeightReport, fused
 from lmfuse.errors import InputError
 from lmfuse.models.member import Feed, Member, new_cache
+
+T = TypeVar("T")
 
 
 class Pack(Protocol):
@@ -323,20 +326,25 @@ class MemberWorkers:
 
     def __init__(self, members: Sequence[Member], parallel: bool = True) -> None:
         self.members = list(members)
-        self._pool = ThreadPoolExecutor(len(members), "lmfuse-member") if parallel and len(members) > 1 else None
+        self.parallel = parallel and len(members) > 1
+        self._pool = ThreadPoolExecutor(len(members), "lmfuse-member") if self.parallel else None
 
     def feed(self, feeds: dict[int, list[Feed]]) -> dict[int, list[torch.Tensor] | BaseException]:
-        """Every member's feeds, each member's as one batch; a member that raises gets its exception
-        (after every member has finished: nothing is left running)."""
-        out: dict[int, list[torch.Tensor] | BaseException] = {}
-        if self._pool is None or len(feeds) == 1:
-            for k, fs in feeds.items():
+        """Every member's feeds, each member's as one batch (`Member.feed`)."""
+        return self.run({k: partial(self.members[k].feed, fs) for k, fs in feeds.items()})
+
+    def run(self, calls: dict[int, Callable[[], T]]) -> dict[int, T | BaseException]:
+        """Each member's call, in its worker; a call that raises gives its exception (after every member has
+        finished: nothing is left running)."""
+        out: dict[int, T | BaseException] = {}
+        if self._pool is None or len(calls) == 1:
+            for k, call in calls.items():
                 try:
-                    out[k] = self.members[k].feed(fs)
+                    out[k] = call()
                 except Exception as exc:
                     out[k] = exc
             return out
-        futures = {k: self._pool.submit(self.members[k].feed, fs) for k, fs in feeds.items()}
+        futures = {k: self._pool.submit(call) for k, call in calls.items()}
         for k, future in futures.items():
             error = future.exception()
             out[k] = error if error is not None else future.result()

@@ -68,7 +68,7 @@ class Pack:
         self.members = list(members)
         self._check(self.config)
         self.vocab = PackVocab(self.members)
-        self.workers = MemberWorkers(self.members, parallel=self.config.parallel)
+        self.workers = MemberWorkers(self.members, parallel=self._parallel(self.config))
 
     @classmethod
     def load(cls, config: PackConfig | None = None, **fields: Any) -> Pack:
@@ -99,10 +99,17 @@ class Pack:
         """Change config fields of a loaded pack (``pack.reconfigure(weighting="uniform")``), validated."""
         config = PackConfig.of(**{**self.config.model_dump(), **fields})
         self._check(config)
-        if config.parallel != self.config.parallel:
+        if self._parallel(config) != self.workers.parallel:
             self.workers.close()
-            self.workers = MemberWorkers(self.members, parallel=config.parallel)
+            self.workers = MemberWorkers(self.members, parallel=self._parallel(config))
         self.config = config
+
+    def _parallel(self, config: PackConfig) -> bool:
+        """Whether members run in their own worker threads: as configured, else when they are on more than
+        one device."""
+        if config.parallel is not None:
+            return config.parallel
+        return len({str(m.device) for m in self.members}) > 1
 
     def _check(self, config: PackConfig) -> None:
         """What a config must agree on with the loaded members."""

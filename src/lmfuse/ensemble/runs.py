@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lmfuse.errors import InputError
-from lmfuse.models.member import Member, crop_to, new_cache
+from lmfuse.models.member import Encoding, Feed, Member, new_cache
 
 
 @dataclass
@@ -39,17 +39,56 @@ def read_text(member: Member, text: str, window: int | None = None) -> TextRun:
     return TextRun(enc.ids, enc.offsets, member.rows(enc.ids, window))
 
 
-@torch.inference_mode()
+Example = tuple[str, Sequence[str]]  # a context and its continuations (the options of one question)
+
+
 def read_with_continuations(
     member: Member, context: str, continuations: Sequence[str], reuse_prefix: bool = True
 ) -> tuple[TextRun, list[TextRun]]:
-    """Rows of ``context`` and of each continuation given it, the context computed once (KV cache).
+    """Rows of ``context`` and of each continuation given it (`read_examples` for one example)."""
+    return read_examples(member, [(context, continuations)], reuse_prefix)[0]
+
+
+def read_examples(member: Member, examples: Sequence[Example],
+                  reuse_prefix: bool = True) -> list[tuple[TextRun, list[TextRun]]]:
+    """Per example: the member's rows of the context, and of each continuation given it.
 
     Context and continuation are tokenized separately (the boundary is a token boundary for every
     member, as lm-evaluation-harness does). A continuation run's row ``i`` predicts its token ``i``;
-    row 0 comes from the context's last position. With ``reuse_prefix=False`` every continuation
-    re-reads the whole context (the baseline the benchmark compares against).
+    row 0 comes from the context's last position. The contexts of all examples are read in one batched
+    pass (their KV caches kept), then every continuation after its context in one more (the caches are
+    read, not grown). With ``reuse_prefix=False`` every continuation re-reads the whole context (the
+    baseline the benchmark compares against).
     """
+    encoded = [_encode_example(member, context, continuations) for context, continuations in examples]
+    caches = [new_cache() for _ in examples]
+    heads = member.feed([Feed(cache, [member.prefix_token_id, *ctx_ids])  # [1 + n_ctx, V] each
+                         for cache, (ctx_ids, _, _) in zip(caches, encoded, strict=True)])
+    reads = [(e, o) for e, (_, _, conts) in enumerate(encoded) for o, enc in enumerate(conts) if len(enc.ids) > 1]
+    if reuse_prefix:
+        feeds = [Feed(caches[e], encoded[e][2][o].ids[:-1], extend=False) for e, o in reads]
+    else:
+        feeds = [Feed(new_cache(), [member.prefix_token_id, *encoded[e][0], *encoded[e][2][o].ids[:-1]])
+                 for e, o in reads]
+    rows = dict(zip(reads, member.feed(feeds), strict=True))
+    out = []
+    for e, ((ctx_ids, ctx_off, conts), head) in enumerate(zip(encoded, heads, strict=True)):
+        base = len(ctx_ids) + 1
+        runs = []
+        for o, enc in enumerate(conts):
+            after = rows.get((e, o))
+            if after is not None and not reuse_prefix:
+                after = after[base:]
+            parts = [head[-1:]] if after is None else [head[-1:], after]
+            runs.append(TextRun(enc.ids, enc.offsets, torch.cat(parts)))
+        out.append((TextRun(ctx_ids, ctx_off, head[:-1]), runs))
+    return out
+
+
+def _encode_example(member: Member, context: str, continuations: Sequence[str]) -> tuple[
+        list[int], list[tuple[int, int]], list[Encoding]]:
+    """The context's ids and offsets (left-truncated so context + the longest continuation fit) and each
+    continuation's encoding."""
     ctx = member.encode(context)
     conts = [member.encode(c) for c in continuations]
     for text, enc in zip(continuations, conts, strict=True):
@@ -61,20 +100,4 @@ def read_with_continuations(
     if keep < 0:
         raise InputError(f"member {member.name!r}: a continuation of {longest} tokens exceeds its context of {limit}")
     # Long contexts keep their last tokens (left truncation), so context + continuation fits.
-    ctx_ids, ctx_off = ctx.ids[-keep:] if keep else [], ctx.offsets[-keep:] if keep else []
-    cache = new_cache()
-    head = member.forward_cached([member.prefix_token_id, *ctx_ids], cache)  # [1 + n_ctx, V]
-    ctx_run = TextRun(ctx_ids, ctx_off, head[:-1])
-    runs = []
-    base = len(ctx_ids) + 1
-    for enc in conts:
-        rows = [head[-1:]]
-        if len(enc.ids) > 1:
-            if reuse_prefix:
-                rows.append(member.forward_cached(enc.ids[:-1], cache))
-                crop_to(cache, base)
-            else:
-                rows.append(member.forward_cached([member.prefix_token_id, *ctx_ids, *enc.ids[:-1]],
-                                                  new_cache())[base:])
-        runs.append(TextRun(enc.ids, enc.offsets, torch.cat(rows)))
-    return ctx_run, runs
+    return (ctx.ids[-keep:] if keep else [], ctx.offsets[-keep:] if keep else [], conts)

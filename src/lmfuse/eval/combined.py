@@ -31,9 +31,26 @@ class CombinedScorer:
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         return {k: v for scorer in self.scorers for k, v in scorer.loglikelihood(context, continuations).items()}
 
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+        out: list[dict[str, list[float]]] = [{} for _ in requests]
+        for scorer in self.scorers:
+            for merged, scores in zip(out, scorer.loglikelihood_many(requests), strict=True):
+                merged.update(scores)
+        return out
+
     def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
         return {k: v for scorer in self.scorers for k, v in scorer.text_logprob(texts, preceding).items()}
 
     def last_weights(self) -> dict[str, dict[str, float]]:
         return {k: v for scorer in self.scorers if isinstance(scorer, ExplainsWeights)
                 for k, v in scorer.last_weights().items()}
+
+    def batch_weights(self) -> list[dict[str, dict[str, float]]]:
+        merged: list[dict[str, dict[str, float]]] = []
+        for scorer in self.scorers:
+            if isinstance(scorer, ExplainsWeights):
+                for i, weights in enumerate(scorer.batch_weights()):
+                    if i == len(merged):
+                        merged.append({})
+                    merged[i].update(weights)
+        return merged

@@ -7,8 +7,8 @@ Importing this module registers the model as ``lmfuse`` in lm-eval's registry (l
 discovery, hence ``lmfuse lm-eval``, which imports it and hands every argument to lm-eval's CLI).
 
 Requests map onto the `Scorer` the rest of evaluation uses, so every number is the one ``lmfuse eval`` gives
-for the same text: ``loglikelihood`` is ``Scorer.loglikelihood`` (the options of one context in one call,
-the context read once), ``loglikelihood_rolling`` is ``Scorer.text_logprob`` (a pack fits its weights on the
+for the same text: ``loglikelihood`` is ``Scorer.loglikelihood_many`` (``batch_size`` contexts per call, the
+options of one context read after it once), ``loglikelihood_rolling`` is ``Scorer.text_logprob`` (a pack fits its weights on the
 text itself, as ``lmfuse eval --fit-on text`` does), ``generate_until`` is ``Pack.generate`` (greedy, or
 sampling with lm-eval's ``temperature`` / ``top_p``, stop at ``until``, at most ``max_gen_toks`` seed tokens).
 Each request's member weights are kept (`weight_log`) and written to ``weights_out`` as JSON lines.
@@ -44,7 +44,7 @@ ARGUMENTS = {
     "dtype": "weights dtype: float32, bfloat16, float16 (default float32)",
     "window": "rolling-window tokens for loglikelihood_rolling (default 2048)",
     "weights_out": "file to write each request's member weights to (JSON lines)",
-    "batch_size": "lm-eval's batch size (accepted; requests of one context share one call)",
+    "batch_size": "contexts (with their options) read per forward pass; 'auto' means 8 (default 1)",
     "max_batch_size": "lm-eval's largest batch size (accepted)",
     "device": "lm-eval's device (accepted; members load where `lmfuse` puts them)",
 }
@@ -75,6 +75,7 @@ class HarnessModel(LM):
             self.scorer = pack_scorer(self.pack, [weighting], window=int(window))
             self.system = f"pack[{weighting}]"
         self.weights_out = Path(weights_out) if weights_out else None
+        self.batch_size = _batch_size(batch_size)
         self.weight_log: list[dict[str, Any]] = []
 
     # ---- lm-eval's three requests -------------------------------------------------------------------
@@ -87,14 +88,21 @@ class HarnessModel(LM):
         for i, req in enumerate(requests):
             by_context.setdefault(req.args[0], []).append(i)
         out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        for context, idx in tqdm(by_context.items(), desc="lmfuse loglikelihood", disable=disable_tqdm):
-            conts = [requests[i].args[1] for i in idx]
-            scores = self.scorer.loglikelihood(context, conts)[self.system]
-            self._log("loglikelihood", context, [requests[i] for i in idx])
-            for i, cont, score in zip(idx, conts, scores, strict=True):
-                greedy = self._is_greedy(context, cont) if len(idx) == 1 else False
-                out[i] = (float(score), greedy)
-                self.cache_hook.add_partial("loglikelihood", requests[i].args, out[i])
+        contexts = list(by_context.items())
+        with tqdm(total=len(contexts), desc="lmfuse loglikelihood", disable=disable_tqdm) as bar:
+            for b in range(0, len(contexts), self.batch_size):
+                batch = contexts[b : b + self.batch_size]
+                results = self.scorer.loglikelihood_many([(c, [requests[i].args[1] for i in idx]) for c, idx in batch])
+                weights = self.scorer.batch_weights() if hasattr(self.scorer, "batch_weights") else []
+                for j, ((context, idx), scores) in enumerate(zip(batch, results, strict=True)):
+                    self._log("loglikelihood", context, [requests[i] for i in idx],
+                              weights=weights[j].get(self.system, {}) if j < len(weights) else {})
+                    for i, score in zip(idx, scores[self.system], strict=True):
+                        cont = requests[i].args[1]
+                        greedy = self._is_greedy(context, cont) if len(idx) == 1 else False
+                        out[i] = (float(score), greedy)
+                        self.cache_hook.add_partial("loglikelihood", requests[i].args, out[i])
+                bar.update(len(batch))
         return out
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -128,11 +136,12 @@ class HarnessModel(LM):
                 break
         return text.startswith(continuation)
 
-    def _log(self, kind: str, context: str, reqs: list[Any], report: dict[str, Any] | None = None) -> None:
+    def _log(self, kind: str, context: str, reqs: list[Any], report: dict[str, Any] | None = None,
+             weights: dict[str, float] | None = None) -> None:
         """Keep the member weights that scored these requests (as ``lmfuse eval`` keeps them per example)."""
         if report is not None:
             weights = {m["name"]: m["weight"] for m in report["members"]}
-        else:
+        elif weights is None:
             explain = getattr(self.scorer, "last_weights", None)
             weights = explain().get(self.system, {}) if explain else {}
         meta = reqs[0].metadata if reqs and reqs[0].metadata else (None, None, None)
@@ -143,6 +152,20 @@ class HarnessModel(LM):
             self.weights_out.parent.mkdir(parents=True, exist_ok=True)
             with self.weights_out.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+def _batch_size(value: Any) -> int:
+    """lm-eval's ``batch_size``: a positive number, or ``auto`` (8 here)."""
+    text = str(value)
+    if text.startswith("auto"):
+        return 8
+    try:
+        size = int(text)
+    except ValueError:
+        raise InputError(f"batch_size must be a positive integer or 'auto'; got {value!r}") from None
+    if size < 1:
+        raise InputError(f"batch_size must be >= 1; got {size}")
+    return size
 
 
 def _refuse_unknown(unknown: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ continuation and the model never sees a tokenization it would not produce for th
 Scoring ``context`` and ``continuation`` separately would instead split words that the tokenizer
 joins.
 
-**Prefix reuse.** The options of one example share their first tokens (the prefix token and the
-context). That common prefix runs once; only each option's remaining tokens run, as one batch
-(`Member.score_after_prefix`).
+**Prefix reuse and batches.** The options of one example share their first tokens (the prefix token and
+the context). That common prefix runs once (only its last position through the LM head); each option's
+remaining tokens then run after it without growing its cache. The prefixes of a batch of examples run as
+one forward pass, and so do all their options (`Member.feed`).
 
 **Long contexts.** When prefix token + context + continuation exceed the member's context length,
 the context is left-truncated (its oldest tokens are dropped; the prefix token stays first). A
@@ -23,8 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from lmfuse.errors import InputError
-from lmfuse.models.member import Member
+from lmfuse.models.member import Feed, Member, new_cache
 
 HORIZONTAL_SPACE = " \t"
 """Characters that move from the end of a context to its continuations (not newlines: see the module doc)."""
@@ -56,8 +59,43 @@ class MemberScorer:
         return {self.member.name: out}
 
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
-        seqs, starts = zip(*(self.split(context, c) for c in continuations), strict=True)
-        return {self.member.name: self.member.score_after_prefix(list(seqs), list(starts))}
+        return self.loglikelihood_many([(context, continuations)])[0]
+
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+        """`loglikelihood` of several examples, their forward passes batched together."""
+        examples = []
+        for context, continuations in requests:
+            if not continuations:
+                raise InputError(f"no continuations to score after context {context[-40:]!r}")
+            seqs, starts = zip(*(self.split(context, c) for c in continuations), strict=True)
+            examples.append((list(seqs), list(starts)))
+        return [{self.member.name: scores} for scores in self._score_options(examples)]
+
+    def _score_options(self, examples: list[tuple[list[list[int]], list[int]]]) -> list[list[float]]:
+        """Sum of ``log p(seq[j] | seq[:j])`` for ``j >= start``, per option ``seq`` of each example.
+
+        An example's common prefix ``seqs[*][:m]`` (``m <= min(starts)``, so context only) is read once;
+        its last row predicts every option's token ``m``. Each option's tokens ``seq[m:-1]`` are then read
+        after that cache (position i predicts i+1), all options of all examples in one batched pass."""
+        member = self.member
+        prefixes = [_common_prefix_len(seqs, min(starts)) for seqs, starts in examples]
+        caches = [new_cache() for _ in examples]
+        firsts = member.feed([Feed(cache, seqs[0][:m], last_only=True)
+                              for cache, (seqs, _), m in zip(caches, examples, prefixes, strict=True)])
+        reads = [(e, o) for e, (seqs, _) in enumerate(examples) for o, seq in enumerate(seqs)
+                 if len(seq) - prefixes[e] > 1]
+        rows = dict(zip(reads, member.feed([Feed(caches[e], examples[e][0][o][prefixes[e]:-1], extend=False)
+                                            for e, o in reads]), strict=True))
+        out = []
+        for e, (seqs, starts) in enumerate(examples):
+            m, scores = prefixes[e], []
+            for o, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+                # Rows predicting seq[m:]: the prefix's last row, then the option's own rows.
+                lp = torch.cat([firsts[e], rows[(e, o)]]) if (e, o) in rows else firsts[e]
+                targets = torch.as_tensor(seq[m:], dtype=torch.long)
+                scores.append(float(lp.gather(-1, targets[:, None])[:, 0][start - m :].double().sum()))
+            out.append(scores)
+        return out
 
     def split(self, context: str, continuation: str) -> tuple[list[int], int]:
         """``(ids, start)``: prefix token + joint tokens of the text, and the index in ``ids`` of the
@@ -86,3 +124,10 @@ class MemberScorer:
             ids = [ids[0], *ids[1 + excess :]]
             start -= excess
         return ids, start
+
+
+def _common_prefix_len(seqs: list[list[int]], cap: int) -> int:
+    m = 0
+    while m < cap and all(s[m] == seqs[0][m] for s in seqs):
+        m += 1
+    return m  # >= 1: every sequence starts with the prefix token, kept by left-truncation

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import torch
 
 from lmfuse.ensemble.config import DEFAULT_WEIGHTING
 from lmfuse.ensemble.pack import Analysis, Pack
-from lmfuse.ensemble.runs import TextRun, read_text, read_with_continuations
+from lmfuse.ensemble.runs import TextRun, read_examples, read_text
 from lmfuse.ensemble.weighting import WEIGHTINGS, WeightProblem, fused
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
+
+Read = tuple[TextRun, list[TextRun]]  # a member's reading of a context and of each continuation after it
 
 
 def last_positions(problem: WeightProblem, n: int) -> WeightProblem:
@@ -46,7 +49,7 @@ class PackScorer:
     weightings: list[str]
     reuse_prefix: bool = True  # False re-reads the context for every option (the benchmark's baseline)
     window: int | None = None  # rolling-window tokens for whole texts (default: each member's context)
-    _last: dict[str, dict[str, float]] = field(default_factory=dict, init=False, repr=False)  # last_weights
+    _last: list[dict[str, dict[str, float]]] = field(default_factory=list, init=False, repr=False)  # batch_weights
 
     def __post_init__(self) -> None:
         for w in self.weightings:
@@ -78,28 +81,59 @@ class PackScorer:
         return self._remember(out)
 
     def _remember(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._last = {system: dict(zip(self.pack.names, (float(x) for x in w), strict=True))
-                      for system, w in weights.items()}
+        self._last = [{system: dict(zip(self.pack.names, (float(x) for x in w), strict=True))
+                       for system, w in weights.items()}]
         return weights
 
     def last_weights(self) -> dict[str, dict[str, float]]:
-        """Each strategy's member weights in the last call (`lmfuse.eval.scorer.ExplainsWeights`)."""
-        return dict(self._last)
+        """Each strategy's member weights for the last item scored (`lmfuse.eval.scorer.ExplainsWeights`)."""
+        return dict(self._last[-1]) if self._last else {}
+
+    def batch_weights(self) -> list[dict[str, dict[str, float]]]:
+        """`last_weights` of each example of the last `loglikelihood_many` call, in order."""
+        return list(self._last)
 
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
+        return self.loglikelihood_many([(context, continuations)])[0]
+
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+        """`loglikelihood` of several examples: each member reads all of them in two batched passes
+        (`lmfuse.ensemble.runs.read_examples`), the members at the same time (`Pack.workers`)."""
         pack = self.pack
-        if not continuations:
-            return {name: [] for name in self.systems()}
         # Context and continuations are tokenized apart (one boundary for every member), so spaces ending
         # the context ("A: ") move to the continuations: read alone they would be a stray token that no
         # tokenizer produces before a word. A final newline stays: tokenizers end a line there (Qwen's
         # ":\n" is one token). `MemberScorer` draws the same line, so the members' columns agree with
         # evaluating each member alone.
-        stripped = context.rstrip(HORIZONTAL_SPACE)
-        if stripped != context:
-            continuations = [context[len(stripped):] + c for c in continuations]
-            context = stripped
-        reads = [read_with_continuations(m, context, continuations, self.reuse_prefix) for m in pack.members]
+        examples = []
+        for context, continuations in requests:
+            stripped = context.rstrip(HORIZONTAL_SPACE)
+            examples.append((stripped, [context[len(stripped):] + c for c in continuations]))
+        scored = [e for e in examples if e[1]]
+        done = pack.workers.run({k: partial(read_examples, m, scored, self.reuse_prefix)
+                                 for k, m in enumerate(pack.members)})
+        for value in done.values():
+            if isinstance(value, BaseException):
+                raise value
+        per_member = [cast(list[Read], done[k]) for k in range(len(pack.members))]
+        out: list[dict[str, list[float]]] = []
+        weights_log: list[dict[str, dict[str, float]]] = []
+        j = 0
+        for context, continuations in examples:
+            if not continuations:
+                out.append({name: [] for name in self.systems()})
+                continue
+            reads = [reads_k[j] for reads_k in per_member]
+            j += 1
+            out.append(self._fuse(context, continuations, reads))
+            weights_log.append(self._last[-1] if self._last else {})
+        self._last = weights_log
+        return out
+
+    def _fuse(self, context: str, continuations: list[str],
+              reads: list[Read]) -> dict[str, list[float]]:
+        """One example's scores: each member's own, and the pack's per weighting."""
+        pack = self.pack
         result: dict[str, list[float]] = {
             m.name: [float(r.token_logprobs.sum()) for r in conts] for m, (_, conts) in zip(pack.members, reads,
                                                                                               strict=True)}

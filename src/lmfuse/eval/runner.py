@@ -152,6 +152,7 @@ def evaluate(
     resume: Results | None = None,
     data_dir: DataDir | None = None,
     fit_on: str = "text",
+    batch_size: int = 8,
 ) -> Results:
     """Evaluate every system of ``scorer`` on ``tasks`` (names or loaded tasks).
 
@@ -161,10 +162,13 @@ def evaluate(
     the tasks it finished); given those partial results as ``resume``, a rerun skips the finished
     tasks (see ``finished_tasks`` for when that is allowed). ``fit_on="preceding"`` scores each text
     chunk with weights fitted on the chunk before it (causal bits per byte; the first chunk, which has
-    none, is not scored); ``"text"`` fits them on the chunk itself (PackLLM's set-up).
+    none, is not scored); ``"text"`` fits them on the chunk itself (PackLLM's set-up). ``batch_size`` MC
+    examples go through each forward pass together (results do not depend on it).
     """
     if fit_on not in FIT_ON:
         raise InputError(f"fit_on must be one of {', '.join(FIT_ON)}, got {fit_on!r}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     loaded = [
         t if not isinstance(t, str) else load_task(t, bigbench_root=bigbench_root, shakespeare_root=shakespeare_root,
                                                    data_dir=data_dir)
@@ -197,7 +201,7 @@ def evaluate(
             continue
         t0 = time.perf_counter()
         if isinstance(task, MCTask):
-            outcome = _run_mc(scorer, task, limit, shots, seed)
+            outcome = _run_mc(scorer, task, limit, shots, seed, batch_size)
         else:
             outcome = _run_text(scorer, task, limit, seed, fit_on)
         outcome.seconds = round(time.perf_counter() - t0, 2)
@@ -209,7 +213,7 @@ def evaluate(
     return results
 
 
-def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: int) -> TaskResult:
+def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: int, batch_size: int) -> TaskResult:
     examples = task.examples
     indices = metrics.sample_indices(len(examples), limit, seed)
     groups: dict[str, list[int]] = {}
@@ -217,16 +221,23 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
         groups.setdefault(ex.group, []).append(i)
     systems = scorer.systems()
     per: dict[str, dict[str, list[float]]] = {s: {"correct": [], "correct_norm": []} for s in systems}
-    for i in tqdm(indices, desc=task.name, unit="ex", leave=False):
-        ex = examples[i]
-        demos = [examples[j].demo() for j in metrics.shot_indices(groups[ex.group], i, shots, seed)]
-        context = metrics.kshot_context(ex.task_prefix, demos, ex.query, ex.separator).lstrip()
-        scores = scorer.loglikelihood(context, ex.options)
-        _record_weights(scorer, per)
-        for system in systems:
-            per[system]["correct"].append(float(metrics.is_correct(scores[system], ex.correct)))
-            normed = metrics.byte_normalised(scores[system], ex.options)
-            per[system]["correct_norm"].append(float(metrics.is_correct(normed, ex.correct)))
+    with tqdm(total=len(indices), desc=task.name, unit="ex", leave=False) as bar:
+        for b in range(0, len(indices), batch_size):
+            batch = [examples[i] for i in indices[b : b + batch_size]]
+            requests = []
+            for i, ex in zip(indices[b : b + batch_size], batch, strict=True):
+                demos = [examples[j].demo() for j in metrics.shot_indices(groups[ex.group], i, shots, seed)]
+                requests.append((metrics.kshot_context(ex.task_prefix, demos, ex.query, ex.separator).lstrip(),
+                                 ex.options))
+            results = scorer.loglikelihood_many(requests)
+            weights = scorer.batch_weights() if isinstance(scorer, ExplainsWeights) else []
+            for j, (ex, scores) in enumerate(zip(batch, results, strict=True)):
+                _record_weights(weights[j] if j < len(weights) else {}, per)
+                for system in systems:
+                    per[system]["correct"].append(float(metrics.is_correct(scores[system], ex.correct)))
+                    normed = metrics.byte_normalised(scores[system], ex.options)
+                    per[system]["correct_norm"].append(float(metrics.is_correct(normed, ex.correct)))
+            bar.update(len(batch))
     chosen = [examples[i] for i in indices]
     summary = {}
     for system in systems:
@@ -255,7 +266,7 @@ def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int, fit_
     for i, chunk in zip(tqdm(indices, desc=task.name, unit="chunk", leave=False), chunks, strict=True):
         # Scorers that fit nothing need not take ``preceding``: it is passed only when it is used.
         scores = scorer.text_logprob([chunk], [task.chunks[i - 1]]) if skip else scorer.text_logprob([chunk])
-        _record_weights(scorer, per)
+        _record_weights(scorer.last_weights() if isinstance(scorer, ExplainsWeights) else {}, per)
         for system in systems:
             per[system]["logprob"].append(scores[system][0])
     summary = {}
@@ -271,12 +282,11 @@ def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int, fit_
     )
 
 
-def _record_weights(scorer: Scorer, per: dict[str, dict[str, list[float]]]) -> None:
-    """Append the member weights of the item just scored, for each system that weighs members."""
-    if isinstance(scorer, ExplainsWeights):
-        for system, weights in scorer.last_weights().items():
-            for member, w in weights.items():
-                per[system].setdefault(WEIGHT_KEY + member, []).append(w)
+def _record_weights(weights: dict[str, dict[str, float]], per: dict[str, dict[str, list[float]]]) -> None:
+    """Append the member weights of one item, for each system that weighs members."""
+    for system, by_member in weights.items():
+        for member, w in by_member.items():
+            per[system].setdefault(WEIGHT_KEY + member, []).append(w)
 
 
 def _version(package: str) -> str:

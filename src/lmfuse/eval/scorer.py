@@ -27,6 +27,10 @@ class Scorer(Protocol):
         """
         ...
 
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+        """`loglikelihood` of several ``(context, continuations)`` examples, their forward passes batched."""
+        ...
+
     def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
         """Total ``log p(text)`` of each whole text (long texts in rolling windows), per system.
 
@@ -43,4 +47,8 @@ class ExplainsWeights(Protocol):
     def last_weights(self) -> dict[str, dict[str, float]]:
         """``{system: {member: weight}}`` for each weighted system, as fitted in the last call
         (``loglikelihood``, or the last text of ``text_logprob``); empty when nothing is weighted."""
+        ...
+
+    def batch_weights(self) -> list[dict[str, dict[str, float]]]:
+        """`last_weights` of each example of the last ``loglikelihood_many`` call, in order."""
         ...

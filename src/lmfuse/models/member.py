@@ -10,13 +10,13 @@ Conventions used everywhere in lmfuse:
 * Logit widths can exceed the tokenizer's length (Qwen pads to 151,936): ``logits_width`` is the
   model's, never ``len(tokenizer)``.
 
-Three kinds of forward pass, all here:
+Two kinds of forward pass, both here:
 
 * whole texts (``rows``, ``score_tokens``): rolling windows when a text is longer than the context;
-* options after a shared context (``score_after_prefix``): the context once, the options as one batch
-  on its repeated KV cache;
-* cached decoding (``feed``): each sequence keeps its own KV cache (`new_cache`, rolled back with
-  `crop_to`); the feeds of many sequences run as one left-padded batch, each at its own positions.
+* cached reading (``feed``): each sequence keeps its own KV cache (`new_cache`, rolled back with `crop_to`);
+  the feeds of many sequences run as one left-padded batch, each at its own positions. Decoding uses it,
+  and so does scoring: the contexts of several questions in one pass, then every option of every question
+  after its context in one more.
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ class Encoding:
 
 @dataclass(frozen=True)
 class Feed:
-    """Tokens to append to one sequence's KV cache (``cache`` holds what that sequence has read so far)."""
+    """Tokens to read after what one sequence's KV cache holds.
+
+    ``last_only``: only the row after the last id is wanted (the LM head runs for that position alone: on
+    Gemma-3 the head is most of the compute per token). ``extend=False``: the cache is read, not grown (the
+    options of one question, each read after the same context)."""
 
     cache: Any  # transformers.DynamicCache
     ids: Sequence[int]
+    last_only: bool = False
+    extend: bool = True
 
 
 def new_cache() -> Any:
@@ -192,65 +198,31 @@ class Member:
             del logits
         return torch.cat(scores)
 
-    # ---- options after a shared context ---------------------------------------------------------------
-    @torch.inference_mode()
-    def score_after_prefix(self, seqs: Sequence[Sequence[int]], starts: Sequence[int]) -> list[float]:
-        """Sum of ``log p(seq[j] | seq[:j])`` for ``j >= start`` of each sequence (each starts with the prefix
-        token and fits the context).
-
-        The common prefix ``seqs[*][:m]`` (``m <= min(starts)``, so it is context only) runs once; position
-        ``m - 1`` of that pass predicts every option's token ``m``. The suffixes ``seq[m:]`` then run as one
-        right-padded batch ``[B, S]`` on the prefix's repeated KV cache.
-        """
-        m = _common_prefix_len(seqs, min(starts))
-        prefix = torch.as_tensor([list(seqs[0][:m])], dtype=torch.long, device=self.device)  # [1, m]
-        # Only the last prefix position is scored: skip the LM head elsewhere (on Gemma-3 the head
-        # is most of the compute per token).
-        out = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-        first_lp = self._log_softmax(out.logits[0, -1])  # [V], predicts token m
-        cache = out.cache
-        suffixes = [s[m:] for s in seqs]
-        width = max(len(s) for s in suffixes)
-        batch = len(seqs)
-        ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, m + width), dtype=torch.long)
-        mask[:, :m] = 1
-        for row, suffix in enumerate(suffixes):
-            ids[row, : len(suffix)] = torch.as_tensor(list(suffix), dtype=torch.long)
-            mask[row, m : m + len(suffix)] = 1
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache).logits
-        scores = []
-        for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-            # Predictions for tokens seq[m:], shape [len(seq) - m, V]: first from the prefix pass,
-            # the rest from suffix positions 0 .. len-m-2 (position i predicts i+1).
-            lp = torch.cat([first_lp[None], self._log_softmax(logits[row, : len(seq) - m - 1])])
-            targets = torch.as_tensor(list(seq[m:]), dtype=torch.long)
-            scores.append(float(lp.gather(-1, targets[:, None])[:, 0][start - m :].double().sum()))
-        return scores
-
     # ---- cached decoding ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_cached(self, ids: Sequence[int], cache: Any) -> torch.Tensor:
-        """Feed ``ids`` after what ``cache`` holds; returns ``[len(ids), V]`` float32 log-prob rows."""
+    def forward_cached(self, ids: Sequence[int], cache: Any, last_only: bool = False, extend: bool = True) -> torch.Tensor:
+        """Feed ``ids`` after what ``cache`` holds; returns ``[len(ids), V]`` float32 log-prob rows (``[1, V]``
+        with ``last_only``). ``extend=False`` leaves the cache as it was."""
+        before = int(cache.get_seq_length())
         x = torch.as_tensor([list(ids)], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=x, cache=cache, use_cache=True)
+        out = self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1 if last_only else 0)
+        if not extend:
+            crop_to(cache, before)
         return self._log_softmax(out.logits[0])
 
     def feed(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
-        """Every feed's ``[len(ids), V]`` float32 rows (row ``i`` predicts the token after ``ids[i]``), each
-        cache extended by its ids. One feed runs alone (`forward_cached`); several run as left-padded batches
-        of similar lengths (`_feed_batch`), as many rows per pass as ``FEED_LOGITS_BUDGET`` allows."""
+        """Every feed's ``[len(ids), V]`` float32 rows (row ``i`` predicts the token after ``ids[i]``; ``[1, V]``
+        for ``last_only``). One feed runs alone (`forward_cached`); several run as left-padded batches of
+        similar lengths (`_feed_batch`), as many rows per pass as ``FEED_LOGITS_BUDGET`` allows."""
         if len(feeds) == 1:
-            return [self.forward_cached(feeds[0].ids, feeds[0].cache)]
+            f = feeds[0]
+            return [self.forward_cached(f.ids, f.cache, f.last_only, f.extend)]
         out: list[torch.Tensor | None] = [None] * len(feeds)
         for group in _similar_lengths(feeds, max(1, FEED_LOGITS_BUDGET // self.logits_width)):
-            if len(group) == 1:
-                out[group[0]] = self.forward_cached(feeds[group[0]].ids, feeds[group[0]].cache)
-                continue
-            for j, rows in zip(group, self._feed_batch([feeds[j] for j in group]), strict=True):
-                out[j] = rows
+            batch = [feeds[j] for j in group]
+            rows = self.feed(batch) if len(batch) == 1 else self._feed_batch(batch)
+            for j, r in zip(group, rows, strict=True):
+                out[j] = r
         return [r for r in out if r is not None]
 
     @torch.inference_mode()
@@ -280,19 +252,31 @@ class Member:
         ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((batch, past + width), dtype=torch.long)
         positions = torch.zeros((batch, width), dtype=torch.long)
+        # Full rows: ids right-padded (row i of the output is position i). Last rows only: left-padded, so
+        # every sequence ends in the last column, the one position the LM head runs for.
+        last_only = feeds[0].last_only
+        slots = []
         for row, f in enumerate(feeds):
-            ids[row, : len(f.ids)] = torch.as_tensor(list(f.ids), dtype=torch.long)
-            mask[row, past - lengths[row] : past + len(f.ids)] = 1
-            positions[row] = lengths[row] + torch.arange(width)
+            n = len(f.ids)
+            first = width - n if last_only else 0
+            ids[row, first : first + n] = torch.as_tensor(list(f.ids), dtype=torch.long)
+            mask[row, past - lengths[row] : past] = 1
+            mask[row, past + first : past + first + n] = 1
+            positions[row, first : first + n] = lengths[row] + torch.arange(n)
+            slots.append((past + first, past + first + n))
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=positions.to(self.device), cache=cache, use_cache=True)
-        rows = [self._log_softmax(out.logits[row, : len(f.ids)]) for row, f in enumerate(feeds)]
+                         position_ids=positions.to(self.device), cache=cache, use_cache=True,
+                         logits_to_keep=1 if last_only else 0)
+        rows = [self._log_softmax(out.logits[row, -1:] if last_only else out.logits[row, : len(f.ids)])
+                for row, f in enumerate(feeds)]
         # Only once every row is finite does any cache grow: a failed batch leaves them all as they were.
         for row, f in enumerate(feeds):
+            if not f.extend:
+                continue
+            lo, hi = slots[row]
             for layer, batched in enumerate(cache.layers):
-                new_keys = batched.keys[row : row + 1, :, past : past + len(f.ids)].clone()
-                new_values = batched.values[row : row + 1, :, past : past + len(f.ids)].clone()
-                f.cache.update(new_keys, new_values, layer)
+                f.cache.update(batched.keys[row : row + 1, :, lo:hi].clone(),
+                               batched.values[row : row + 1, :, lo:hi].clone(), layer)
         return rows
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
@@ -302,27 +286,21 @@ class Member:
 
 
 def _similar_lengths(feeds: Sequence[Feed], max_rows: int) -> list[list[int]]:
-    """Indices of ``feeds`` in groups that pad little: by length, a group's longest at most twice its
-    shortest plus 8 tokens, and at most ``max_rows`` logit rows (``rows x longest``) per group."""
-    order = sorted(range(len(feeds)), key=lambda j: len(feeds[j].ids))
+    """Indices of ``feeds`` in groups that pad little: the same ``last_only``, by length, a group's longest at
+    most twice its shortest plus 8 tokens, and at most ``max_rows`` logit rows per group."""
+    order = sorted(range(len(feeds)), key=lambda j: (feeds[j].last_only, len(feeds[j].ids)))
     groups: list[list[int]] = []
     for j in order:
         n = len(feeds[j].ids)
         if groups:
             group = groups[-1]
-            shortest = len(feeds[group[0]].ids)
-            if n <= 2 * shortest + 8 and (len(group) + 1) * n <= max_rows:
+            shortest, same = len(feeds[group[0]].ids), feeds[group[0]].last_only == feeds[j].last_only
+            rows = len(group) + 1 if feeds[j].last_only else (len(group) + 1) * n
+            if same and n <= 2 * shortest + 8 and rows <= max_rows:
                 group.append(j)
                 continue
         groups.append([j])
     return groups
-
-
-def _common_prefix_len(seqs: Sequence[Sequence[int]], cap: int) -> int:
-    m = 0
-    while m < cap and all(s[m] == seqs[0][m] for s in seqs):
-        m += 1
-    return m  # >= 1: every sequence starts with the prefix token, kept by left-truncation
 
 
 def check_finite(log_probs: torch.Tensor, name: str) -> None:
