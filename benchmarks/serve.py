@@ -3,16 +3,16 @@
     python benchmarks/serve.py                       # toy pack (3 tokenizer families), 8 clients, 10 s per mode
     python benchmarks/serve.py --clients 16 --seconds 20 --max-tokens 16
     python benchmarks/serve.py --model smollm2 --model gemma3 --seconds 30   # a real pack (installed models)
-    python benchmarks/serve.py --sleep-pack 0.2       # synthetic: a call costs 0.2 s for 1 or for N prompts
+    python benchmarks/serve.py --sleep-pack 0.05      # synthetic: a decoding step costs 0.05 s for 1 or N prompts
 
-``--sleep-pack`` replaces the pack by a stand-in whose ``generate`` costs the same for one prompt as for a
-batch: it measures the server's queueing and batching machinery on its own, i.e. what batching gives once
-the pack's decoding runs a batch in one forward pass (today `Pack.generate` decodes prompts one by one).
+``--sleep-pack`` replaces the pack by a stand-in whose decoding step costs the same for one prompt as for a
+batch: it measures the server's queueing and continuous batching on their own, without the pack's cost.
 
 Each mode starts its own server in this process (127.0.0.1, free port) on the same pack, warms it with
 one request, then runs ``--clients`` threads that each send greedy completions back to back until the
 time is up (and at most ``--max-requests`` in all). It prints one row per mode (throughput, tokens/s,
-p50/p99 latency, errors, mean batch the worker handed to the pack) and the batched / one-at-a-time ratios.
+p50/p95/p99 latency, errors, mean number of prompts per decoding step) and the batched / one-at-a-time
+ratios.
 Nothing is asserted: the numbers depend on the machine.
 """
 
@@ -48,6 +48,7 @@ class Result:
         return {"mode": self.mode, "max_batch": self.max_batch, "requests": len(self.latencies),
                 "errors": self.errors, "req/s": len(self.latencies) / self.seconds,
                 "tok/s": self.tokens / self.seconds, "p50 ms": 1000 * statistics.median(lat),
+                "p95 ms": 1000 * lat[min(len(lat) - 1, int(0.95 * len(lat)))],
                 "p99 ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
                 "mean batch": statistics.fmean(self.batches) if self.batches else 0.0}
 
@@ -62,21 +63,64 @@ def toy_pack(weighting: str) -> Any:
 
 
 class SleepPack:
-    """Stand-in pack: every ``generate`` call sleeps ``cost`` seconds whatever the number of prompts."""
+    """Stand-in pack: every decoding step sleeps ``cost`` seconds whatever the number of prompts in it."""
 
     def __init__(self, cost: float) -> None:
         self.cost, self.names = cost, ["sleep-a", "sleep-b"]
 
-    def generate(self, prompts: Any, max_new_tokens: int = 16, **_: Any) -> list[Any]:
-        from lmfuse.ensemble.generate import Generation
+    def decoder(self) -> Any:
+        return SleepDecoder(self.cost)
+
+    def decoding(self, prompt: str, max_new_tokens: int = 16, **_: Any) -> Any:
+        return SleepDecoding(self.names, max_new_tokens)
+
+
+@dataclass
+class SleepDecoding:
+    names: list[str]
+    left: int
+    text: str = ""
+    n_tokens: int = 0
+    finish_reason: str | None = None
+    done: bool = False
+    error: BaseException | None = None
+    pieces: list[str] = field(default_factory=list)
+    weights: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self.weights is not None
+
+    def advance(self) -> None:
         from lmfuse.ensemble.weighting import WeightReport
 
-        time.sleep(self.cost)
-        report = WeightReport(self.names, [0.5, 0.5], [1.0, 1.0], "token", "sleep-a", "uniform", "product")
-        return [Generation("x" * max_new_tokens, report, "length", max_new_tokens) for _ in prompts]
+        if self.weights is None:
+            self.weights = WeightReport(self.names, [0.5, 0.5], [1.0, 1.0], "token", "sleep-a", "uniform", "product")
+            return
+        self.text, self.n_tokens, self.left = self.text + "x", self.n_tokens + 1, self.left - 1
+        self.pieces.append("x")
+        if self.left == 0:
+            self.done, self.finish_reason = True, "length"
 
-    def stream(self, prompt: str, **_: Any) -> Any:
-        raise NotImplementedError("the benchmark does not stream")
+
+class SleepDecoder:
+    def __init__(self, cost: float) -> None:
+        self.cost = cost
+        self.live: list[SleepDecoding] = []
+
+    def add(self, d: SleepDecoding) -> None:
+        self.live.append(d)
+
+    def drop(self, d: SleepDecoding) -> None:
+        self.live.remove(d)
+
+    def step(self) -> list[SleepDecoding]:
+        time.sleep(self.cost)
+        for d in self.live:
+            d.advance()
+        done = [d for d in self.live if d.done]
+        self.live = [d for d in self.live if not d.done]
+        return done
 
 
 def run_mode(pack: Any, mode: str, max_batch: int, args: argparse.Namespace) -> Result:
@@ -145,7 +189,7 @@ def main() -> None:
     elif args.model:
         from lmfuse.ensemble.pack import Pack
 
-        pack = Pack.load(args.model, weighting=args.weighting)
+        pack = Pack.load(members=args.model, weighting=args.weighting)
     else:
         pack = toy_pack(args.weighting)
     label = "synthetic" if args.sleep_pack is not None else args.weighting
@@ -159,7 +203,7 @@ def main() -> None:
         print(" | ".join(f"{v:>13.1f}" if isinstance(v, float) else f"{v!s:>13}" for v in row.values()))
     one, batched = rows
     print(f"batched / one-at-a-time: throughput x{batched['req/s'] / one['req/s']:.2f}, "
-          f"p50 latency x{batched['p50 ms'] / one['p50 ms']:.2f}, p99 latency x{batched['p99 ms'] / one['p99 ms']:.2f}")
+          f"p50 latency x{batched['p50 ms'] / one['p50 ms']:.2f}, p95 latency x{batched['p95 ms'] / one['p95 ms']:.2f}, p99 latency x{batched['p99 ms'] / one['p99 ms']:.2f}")
 
 
 if __name__ == "__main__":
