@@ -29,7 +29,6 @@ from typing import Any
 
 from lmfuse.ensemble import Pack
 from lmfuse.eval.pack_scorer import pack_scorer
-from lmfuse.models.load import load_member
 
 sys.path.insert(0, str(Path(__file__).parent))
 PROMPTS = [
@@ -60,7 +59,8 @@ def member_generate(member: Any, prompts: list[str], tokens: int) -> float:
         mask[i, width - len(r):] = 1
     t0 = time.perf_counter()
     with torch.inference_mode():
-        member.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
+        member.model.generate(input_ids=ids.to(member.device), attention_mask=mask.to(member.device),
+                              max_new_tokens=tokens, min_new_tokens=tokens,
                               do_sample=False, pad_token_id=member.pad_token_id,
                               eos_token_id=tok.eos_token_id)
     return time.perf_counter() - t0
@@ -106,14 +106,23 @@ def batch(pack: Pack, tokens: int, sizes: list[int]) -> None:
 
 
 def scoring(pack: Pack, n: int) -> None:
-    for reuse in (True, False):
-        scorer = pack_scorer(pack, ["uniform", "packllm-sim", "packllm-opt"], reuse_prefix=reuse)
+    """Multiple-choice examples per second: one at a time (context once per example, or re-read per option)
+    and ``n`` examples per forward pass (`PackScorer.loglikelihood_many`); the scores must agree."""
+    examples = [(f"Puzzle {i}. {CONTEXT}" if i else CONTEXT, OPTIONS) for i in range(n)]
+    weightings = ["uniform", "packllm-sim", "packllm-opt"]
+    reference: list[dict[str, list[float]]] = []
+    for label, reuse, batched in (("one at a time, prefix reuse off", False, False),
+                                  ("one at a time, prefix reuse on", True, False),
+                                  (f"{n} per forward pass", True, True)):
+        scorer = pack_scorer(pack, weightings, reuse_prefix=reuse)
         t0 = time.perf_counter()
-        for _ in range(n):
-            scorer.loglikelihood(CONTEXT, OPTIONS)
+        got = scorer.loglikelihood_many(examples) if batched else [scorer.loglikelihood(c, o) for c, o in examples]
         dt = time.perf_counter() - t0
-        print(f"| prefix reuse {'on ' if reuse else 'off'} | {n / dt:.3f} examples/s | {dt / n:.2f} s/example "
-              f"(4 options, {len(pack.members)} members, 3 strategies) |")
+        reference = reference or got
+        diff = max(abs(x - y) for g, r in zip(got, reference, strict=True) for s in r for x, y in zip(g[s], r[s],
+                                                                                                        strict=True))
+        print(f"| {label} | {n / dt:.3f} examples/s | {dt / n:.2f} s/example | max |score diff| {diff:.1e} "
+              f"(4 options, {len(pack.members)} members, 3 strategies) |", flush=True)
 
 
 def memory(pack: Pack) -> None:
@@ -205,20 +214,25 @@ def norm_choice(pack: Pack) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--members", help="comma-separated specs (default: installed default-pack members)")
+    parser.add_argument("--members", help="specs separated by '+', each as `--model` takes it, e.g. "
+                                          "smollm2,device=cuda:0+gemma3 (default: the installed default pack)")
+    parser.add_argument("--device", help="device of every member that does not name one (cpu, cuda, cuda:1)")
+    parser.add_argument("--dtype", default="float32", help="dtype of members (float32, bfloat16, float16)")
     parser.add_argument("--tokens", type=int, default=16, help="tokens decoded per prompt (batch part)")
-    parser.add_argument("--mc", type=int, default=3, help="multiple-choice examples per scoring run")
+    parser.add_argument("--mc", type=int, default=8, help="multiple-choice examples per scoring run (and batch)")
     parser.add_argument("--batch-sizes", default="1,4,8,16")
     parser.add_argument("--parts", default="norm,batch,scoring,fit,memory")
     args = parser.parse_args()
     if args.members:
-        specs = args.members.split(",")
+        specs = args.members.split("+")
     else:
         from lmfuse.models import zoo
 
         specs = [n for n in zoo.ZOO if zoo.converted_path(n) is not None]
+    if args.device:
+        specs = [s if ",device=" in s else f"{s},device={args.device}" for s in specs]
     t0 = time.perf_counter()
-    pack = Pack([load_member(s) for s in specs])
+    pack = Pack.load(specs, dtype=args.dtype)
     print(f"loaded {', '.join(pack.names)} in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     pack.weights(PROMPTS[0])  # builds (or loads from the disk cache) every vocabulary map once

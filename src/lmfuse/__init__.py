@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Pack": "lmfuse.ensemble.pack",
-    "WeightReport": "lmfuse.ensemble.pack",
-    "pack_scorer": "lmfuse.ensemble.pack",
+    "PackConfig": "lmfuse.ensemble.config",
+    "WeightReport": "lmfuse.ensemble.weighting",
+    "pack_scorer": "lmfuse.eval.pack_scorer",
     "Member": "lmfuse.models.member",
     "load_member": "lmfuse.models.load",
     "build_vocab_map": "lmfuse.alignment",

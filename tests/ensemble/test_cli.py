@@ -56,3 +56,21 @@ def test_a_prompt_longer_than_a_members_context_is_warned_about(saved: list[str]
     assert capsys.readouterr().err.count("warning: the context is too long for") == 2
     assert main(["generate", "short", "--model", saved[0], "--max-new-tokens", "2"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_generate_batches_prompts_and_takes_member_devices(saved: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Several prompts decode together (the same texts as one by one); a member spec names its device and
+    dtype; a device this machine lacks is a clear error."""
+    prompts = ["The quick brown", "def add(a, b):", "x"]
+    base = ["generate", *prompts, "--model", f"{saved[0]},device=cpu,name=a", "--model", f"{saved[1]},dtype=float32",
+            "--max-new-tokens", "6", "--json"]
+    assert main([*base, "--batch-size", "3", "--parallel", "on"]) == 0
+    together = [json.loads(line)["text"] for line in capsys.readouterr().out.strip().splitlines()]
+    assert main([*base, "--batch-size", "1", "--parallel", "off"]) == 0
+    alone = [json.loads(line)["text"] for line in capsys.readouterr().out.strip().splitlines()]
+    assert together == alone and len(alone) == 3
+    assert main(["generate", "hi", "--model", f"{saved[0]},device=cuda:7"]) == 2
+    err = capsys.readouterr().err
+    assert "cuda:7" in err and ("no CUDA GPU" in err or "CUDA GPU(s)" in err)
+    assert main(["generate", "hi", "--model", f"{saved[0]},dvice=cpu"]) == 2
+    assert "Did you mean 'device'" in capsys.readouterr().err

@@ -56,6 +56,6 @@ def load_pack(args: argparse.Namespace) -> Any:
 
     config = pack_config(args)
     t0 = time.perf_counter()
-    pack = Pack.load(config)
+    pack = Pack.load(config=config)
     print(f"loaded {', '.join(pack.names)} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return pack

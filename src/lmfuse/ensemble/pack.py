@@ -71,20 +71,22 @@ class Pack:
         self.workers = MemberWorkers(self.members, parallel=self._parallel(self.config))
 
     @classmethod
-    def load(cls, config: PackConfig | None = None, **fields: Any) -> Pack:
-        """Load the config's members (zoo names, paths, hub ids; each on its device, in its dtype), or the
-        default pack when it names none. ``members`` may also hold loaded `Member`s."""
+    def load(cls, members: Sequence[str | MemberSpec | Member] = (), config: PackConfig | None = None,
+             **fields: Any) -> Pack:
+        """Load the members (zoo names, paths or hub ids, each optionally ``,device=...,dtype=...``; or
+        `MemberSpec`s; or loaded `Member`s), or the config's, or the default pack when none are named.
+        The other fields (or ``config``) are `PackConfig`'s."""
         from lmfuse.models.load import load_member
 
-        given = list(fields.pop("members", ()))
-        loaded_given = [m for m in given if isinstance(m, Member)]
-        if loaded_given and len(loaded_given) != len(given):
+        loaded = [m for m in members if isinstance(m, Member)]
+        if loaded and len(loaded) != len(members):
             raise InputError("members: give all as loaded Members or all as specs, not a mix")
-        if not loaded_given and given:
-            fields["members"] = given
-        config = config if config is not None else PackConfig.of(**fields)
-        if loaded_given:
-            return cls(loaded_given, config)
+        if config is None:
+            config = PackConfig.of(**fields, **({"members": list(members)} if members and not loaded else {}))
+        elif fields or (members and not loaded):
+            raise InputError("give a PackConfig or its fields and members, not both")
+        if loaded:
+            return cls(loaded, config)
         specs = list(config.members)
         if not specs:
             from lmfuse.models import zoo
@@ -92,8 +94,8 @@ class Pack:
             specs = [MemberSpec(spec=name) for name in zoo.ZOO]
             if not specs:
                 raise InputError("no members given and the default pack is empty")
-        loaded = [load_member(m.spec, name=m.name, dtype=m.dtype or config.dtype, device=m.device) for m in specs]
-        return cls(loaded, config)
+        return cls([load_member(m.spec, name=m.name, dtype=m.dtype or config.dtype, device=m.device)
+                    for m in specs], config)
 
     def reconfigure(self, **fields: Any) -> None:
         """Change config fields of a loaded pack (``pack.reconfigure(weighting="uniform")``), validated."""
