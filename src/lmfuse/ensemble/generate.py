@@ -312,6 +312,8 @@ class Decoding:
         if len(self.text) > self._emitted:
             self.pieces.append(self.text[self._emitted:])
             self._emitted = len(self.text)
+        for reader in self.readers.values():  # a finished prompt keeps its readings, not its caches
+            reader.cache, reader.rows_at = None, {}
 
     def result(self) -> Generation:
         if self.error is not None:
