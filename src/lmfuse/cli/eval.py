@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lmfuse.ensemble.config import DEFAULT_NLL_NORM, NLL_NORMS
+    from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE
     from lmfuse.eval.runner import FIT_ON
 
     what = parser.add_argument_group("models")
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
                             "alone, e.g. packllm-opt,packllm-sim,uniform,top1,joint-eg (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
+    fused.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
+                       help="weighting online: share of weight handed back to every member per byte (default: "
+                            "%(default)s)")
     fused.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
                        help="text tasks: fit the fused weights on each chunk itself (PackLLM's set-up, the default) "
                             "or on the chunk before it (causal, what generation gets; the first chunk is not scored)")
@@ -110,7 +114,8 @@ def build_scorers(args: argparse.Namespace, members: list[Member]) -> list[Score
 
     for name in weightings:
         WEIGHTINGS.get(name)  # unknown names fail with suggestions before any scoring
-    pack = Pack(members, weighting=weightings[0], fusion=args.fusion, nll_norm=args.nll_norm)
+    pack = Pack(members, weighting=weightings[0], fusion=args.fusion, nll_norm=args.nll_norm,
+                online_rate=args.online_rate)
     return [pack_scorer(pack, weightings, window=args.window)]
 
 
@@ -132,6 +137,8 @@ def command_line(args: argparse.Namespace) -> str:
     if args.weighting:
         argv += ["--weighting", args.weighting, "--fusion", args.fusion, "--nll-norm", args.nll_norm,
                  "--fit-on", args.fit_on]
+        if "online" in args.weighting:
+            argv += ["--online-rate", str(args.online_rate)]
     argv += ["--shots", str(args.shots), "--seed", str(args.seed), "--window", str(args.window)]
     if args.dtype != "float32":
         argv += ["--dtype", args.dtype]

@@ -13,6 +13,7 @@ from lmfuse.errors import InputError
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     from lmfuse.ensemble import FUSIONS, WEIGHTINGS
     from lmfuse.ensemble.config import DEFAULT_NLL_NORM, DTYPES, NLL_NORMS
+    from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE
 
     g = parser.add_argument_group("pack")
     g.add_argument("--pack", choices=("default",), help="the default pack (used when no --model is given)")
@@ -23,6 +24,9 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"weighting strategy: {', '.join(WEIGHTINGS.names())} (default: %(default)s)")
     g.add_argument("--weights", help="comma-separated member weights for --weighting fixed")
     g.add_argument("--tau", type=float, default=1.0, help="temperature of packllm-sim (default: 1)")
+    g.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
+                   help="weighting online: the share of weight handed back to every member per byte, in (0, 1) "
+                        "(default: %(default)s)")
     g.add_argument("--fusion", default="product", help=f"fusion rule: {', '.join(FUSIONS.names())}")
     g.add_argument("--seed-member", help="fix the member whose tokens generation emits (default: the largest weight)")
     g.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
@@ -48,6 +52,7 @@ def pack_config(args: argparse.Namespace) -> Any:
         raise InputError("--weighting fixed needs --weights w1,w2,... (one per member)")
     return PackConfig.of(members=list(args.model), weighting=args.weighting, fusion=args.fusion,
                          seed_member=args.seed_member, nll_norm=args.nll_norm, dtype=args.dtype, tau=args.tau,
+                         online_rate=args.online_rate,
                          weights=fixed, parallel={"auto": None, "on": True, "off": False}[args.parallel])
 
 

@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmfuse.ensemble.fusion import FUSIONS
-from lmfuse.ensemble.weighting import WEIGHTINGS, WeightOptions
+from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE, WEIGHTINGS, WeightOptions
 from lmfuse.errors import InputError
 from lmfuse.registry import suggest
 
@@ -92,6 +92,7 @@ class PackConfig(BaseModel):
     nll_norm: NllNorm = DEFAULT_NLL_NORM
     seed: int = 0  # the sampling seed of the first prompt (prompt i gets seed + i)
     tau: Annotated[float, Field(gt=0)] = 1.0  # packllm-sim's temperature
+    online_rate: Annotated[float, Field(gt=0, lt=1)] = DEFAULT_ONLINE_RATE  # ``online``: fixed share per byte
     weights: list[Annotated[float, Field(ge=0)]] | None = None  # weighting "fixed": one per member
     fit_bytes: Annotated[int, Field(ge=1)] = DEFAULT_FIT_BYTES
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -122,7 +123,7 @@ class PackConfig(BaseModel):
 
     @property
     def options(self) -> WeightOptions:
-        return WeightOptions(tau=self.tau, fixed=self.weights)
+        return WeightOptions(tau=self.tau, fixed=self.weights, online_rate=self.online_rate)
 
     @classmethod
     def of(cls, **fields: object) -> PackConfig:

@@ -49,7 +49,7 @@ from lmfuse.ensemble.reader import Reader, Steps
 from lmfuse.ensemble.runs import TextRun
 from lmfuse.ensemble.vocab import PackVocab
 from lmfuse.ensemble.votes import Cover, vote
-from lmfuse.ensemble.weighting import WeightReport, fused
+from lmfuse.ensemble.weighting import ONLINE, WeightOptions, WeightReport, fused, updated
 from lmfuse.errors import InputError
 from lmfuse.models.member import Feed, Member, new_cache
 
@@ -68,6 +68,9 @@ class Pack(Protocol):
 
     @property
     def fusion(self) -> str: ...
+
+    @property
+    def options(self) -> WeightOptions: ...
 
     def analyse(self, text: str, runs: Sequence[TextRun] | None = None) -> Any: ...
 
@@ -223,6 +226,7 @@ class Decoding:
         analysis = pack.analyse(self.prompt, runs)
         analysis.forward_seconds = t1 - self._clock
         self.lam, weights = pack.fit(analysis)
+        self.weighting = weights.weighting
         weights.truncated = {m.name: h[2] for m, h in zip(pack.members, self._heads, strict=True) if h[2]}
         self.weights = weights
         self.timings["fit"] = time.perf_counter() - t1
@@ -271,8 +275,19 @@ class Decoding:
                     row = torch.where(torch.isfinite(row), row, torch.tensor(floor))
             rows[k] = fill_holes(row) if pack.fusion == "product" else row
             speaks[k] = True
+        self._rows, self._speaks = rows, speaks
         out = fused(rows[:, None], self.lam, speaks[:, None], pack.fusion)[0]
         return out.masked_fill(~self.allowed, float("-inf"))
+
+    def _follow(self, token: int, n_bytes: int) -> None:
+        """``online`` weights follow the text: after each token, every member that spoke is reweighted by its
+        probability of it (the lead's own row, the others' votes on it) and the share of weight for the
+        token's bytes goes back to all (`lmfuse.ensemble.weighting.updated`). The lead stays the member
+        chosen on the prompt: the weights move, the tokens decoding emits stay the lead's."""
+        rate = 1 - (1 - self.pack.options.online_rate) ** max(n_bytes, 1)
+        evidence = self._rows[:, token].double().exp().numpy()
+        w = updated(self.lam.double().numpy(), evidence, self._speaks.numpy(), rate)
+        self.lam = torch.from_numpy(w).float()
 
     def _step(self) -> None:
         self.timings["steps"] += 1
@@ -282,6 +297,9 @@ class Decoding:
             self._finish("stop")
             return
         self._generated.append(token)
+        surfaces = self.pack.vocab.lexicon(self.lead).surfaces
+        if self.weighting == ONLINE:
+            self._follow(token, len(surfaces[token]) if token < len(surfaces) else 1)
         full = self.pack.members[self.lead].tokenizer.decode(self._generated, skip_special_tokens=False)
         text = stable_text(full)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
@@ -293,7 +311,6 @@ class Decoding:
         if self.n_tokens >= self.max_new_tokens:
             self._finish("length")
             return
-        surfaces = self.pack.vocab.lexicon(self.lead).surfaces
         self._spelled += surfaces[token] if token < len(surfaces) else b""
         # The others read the decoded text (a lossy lead's surfaces may not spell it: WordPiece) and, while
         # the lead is inside a character, the bytes of it written so far.

@@ -37,7 +37,13 @@ from lmfuse.ensemble.config import MemberSpec, PackConfig
 from lmfuse.ensemble.generate import Decoder, Decoding, Generation, MemberWorkers, Stream, generate_all
 from lmfuse.ensemble.runs import TextRun, read_text
 from lmfuse.ensemble.vocab import PackVocab
-from lmfuse.ensemble.weighting import WeightOptions, WeightProblem, WeightReport, fit_weights
+from lmfuse.ensemble.weighting import (
+    FITS_ON_OBJECTIVE,
+    WeightOptions,
+    WeightProblem,
+    WeightReport,
+    fit_weights,
+)
 from lmfuse.errors import InputError
 from lmfuse.models.member import Member
 
@@ -202,7 +208,7 @@ class Pack:
             problem: WeightProblem | None = None) -> tuple[torch.Tensor, WeightReport]:
         name = weighting or self.weighting
         t0 = time.perf_counter()
-        needs_objective = name in ("packllm-opt", "joint-eg") and len(self.members) > 1
+        needs_objective = name in FITS_ON_OBJECTIVE and len(self.members) > 1
         if problem is None:
             problem = self.problem(a) if needs_objective else WeightProblem(nll=a.nll, fusion=self.fusion)
         w = fit_weights(name, problem, self.options)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from lmfuse.ensemble.fusion import FUSIONS
@@ -67,9 +68,9 @@ class WeightProblem:
 
 
 def renormalised(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """``[K]`` weights -> ``[K, T]``: renormalised over the members present at each position; where every
-    present member has weight 0, equal weights over them."""
-    w = weights[:, None] * present
+    """``[K]`` (or per position ``[K, T]``) weights -> ``[K, T]``: renormalised over the members present at
+    each position; where every present member has weight 0, equal weights over them."""
+    w = (weights[:, None] if weights.dim() == 1 else weights) * present
     total = w.sum(0, keepdim=True)
     fallback = present / present.sum(0, keepdim=True).clamp_min(1)
     return torch.where(total > 0, w / total.clamp_min(1e-30), fallback)
@@ -77,16 +78,24 @@ def renormalised(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 def fused(log_probs: torch.Tensor, weights: torch.Tensor, present: torch.Tensor, fusion: str) -> torch.Tensor:
     """``[T, S]`` the fused log-distribution at each of T positions, from ``log_probs [K, T, S]``: the one
-    rule the weight fit, scoring and decoding share. The weights are `renormalised` over the members present
-    at a position (``present [K, T]``); where no member is present, every outcome is equally likely."""
+    rule the weight fit, scoring and decoding share. The weights (``[K]``, or ``[K, T]`` when they follow the
+    text) are `renormalised` over the members present at a position (``present [K, T]``); where no member is
+    present, every outcome is equally likely."""
     out = FUSIONS.get(fusion)(log_probs, renormalised(weights, present))
     anyone = present.any(0)[:, None]
     return torch.where(anyone, out, torch.full((), -math.log(log_probs.shape[-1]), dtype=out.dtype))
 
 
+ONLINE = "online"
+FITS_ON_OBJECTIVE = ("packllm-opt", "joint-eg", ONLINE)  # strategies that minimise the fused NLL of the prompt
+# The fixed share per byte, chosen on development texts (benchmarks/online.py, docs/results/pack/online/).
+DEFAULT_ONLINE_RATE = 0.01
+
+
 @dataclass(frozen=True)
 class WeightOptions:
     tau: float = 1.0
+    online_rate: float = DEFAULT_ONLINE_RATE  # ``online``: the share of weight handed back equally per byte
     fixed: Sequence[float] | None = None
     grid: int = 21  # PackLLM-opt's grid: a in {0, 1/20, ..., 1}
     eg_steps: int = 40
@@ -178,6 +187,49 @@ def joint_eg(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
             if float(problem.objective(w.float())) < best_loss:
                 best = w
     return best.float()
+
+
+@WEIGHTINGS.register(ONLINE)
+def online(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
+    """Beyond the paper: the weights a text starts from (packllm-opt's on the prompt); scoring and decoding
+    then update them after every byte (`follow`)."""
+    return packllm_opt(problem, options)
+
+
+def follow(start: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor, present: torch.Tensor,
+           rate: float) -> torch.Tensor:
+    """``[K, T]`` the weights at each of T positions when they follow the text: a Bayesian mixture over the
+    members with a fixed share (Herbster & Warmuth 1998). Position 0 uses ``start [K]``; after each byte the
+    weights are `updated` by the members' probabilities of it (``log_probs [K, T, S]`` at ``targets [T]``),
+    so a member that becomes better later in the text can take over. Causal: the weights at ``t`` depend on
+    the bytes before ``t`` only."""
+    check_rate(rate)
+    k, t = present.shape
+    seen = log_probs.gather(-1, targets[None, :, None].expand(k, t, 1))[..., 0].double().exp().numpy()  # [K, T]
+    here = present.numpy()
+    out = np.empty((k, t))
+    w = start.double().numpy()
+    for i in range(t):
+        out[:, i] = w
+        w = updated(w, seen[:, i], here[:, i], rate)
+    return torch.from_numpy(out).float()
+
+
+def updated(weights: np.ndarray, evidence: np.ndarray, present: np.ndarray, rate: float) -> np.ndarray:
+    """``[K]`` weights after one observation: the members present share their weight in proportion to
+    ``weights * evidence`` (their probability of what came; absent members keep theirs), then ``rate`` of all
+    weight is handed back equally (the fixed share)."""
+    w = weights.copy()
+    mass = w[present] * evidence[present]
+    total = mass.sum()
+    if total > 0:
+        w[present] = mass / total * w[present].sum()
+    return (1 - rate) * w + rate / len(w)
+
+
+def check_rate(rate: float) -> None:
+    if not 0 < rate < 1:
+        raise InputError(f"online rate must be in (0, 1) (a share of weight per byte); got {rate}")
 
 
 def fit_weights(name: str, problem: WeightProblem, options: WeightOptions | None = None) -> torch.Tensor:

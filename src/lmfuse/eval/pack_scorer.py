@@ -18,7 +18,7 @@ import torch
 from lmfuse.ensemble.config import DEFAULT_WEIGHTING
 from lmfuse.ensemble.pack import Analysis, Pack
 from lmfuse.ensemble.runs import TextRun, read_examples, read_text
-from lmfuse.ensemble.weighting import WEIGHTINGS, WeightProblem, fused
+from lmfuse.ensemble.weighting import FITS_ON_OBJECTIVE, ONLINE, WEIGHTINGS, WeightProblem, follow, fused
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
 
@@ -75,7 +75,7 @@ class PackScorer:
         problem: WeightProblem | None = None
         out = {}
         for name in self.weightings:
-            if name in ("packllm-opt", "joint-eg") and problem is None and len(self.pack.members) > 1:
+            if name in FITS_ON_OBJECTIVE and problem is None and len(self.pack.members) > 1:
                 problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
             out[f"pack[{name}]"] = self.pack.fit(a, name, problem)[0]
         return self._remember(out)
@@ -140,7 +140,7 @@ class PackScorer:
         if context and all(ctx.ids for ctx, _ in reads):
             weights = self._weights(pack.analyse(context, [ctx for ctx, _ in reads]))
         else:  # no context to weigh members on: weights as the strategy says without NLLs
-            fitted = [n for n in self.weightings if n in ("packllm-opt", "joint-eg")]
+            fitted = [n for n in self.weightings if n in FITS_ON_OBJECTIVE]
             if fitted and len(pack.members) > 1:
                 raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
                                  "give a context, or use uniform, fixed, top1 or packllm-sim")
@@ -157,7 +157,7 @@ class PackScorer:
             text = context + cont
             runs = [_joined(ctx, conts[j], len(context)) for ctx, conts in reads]
             problem = pack.byte_problem(text, runs, (start, len(text.encode("utf-8"))), torch.zeros(len(runs)))
-            for name, v in fused_byte_logprobs(problem, weights).items():
+            for name, v in fused_byte_logprobs(problem, self._following(weights, problem)).items():
                 result[name].append(float(v.sum()))
         return result
 
@@ -177,9 +177,20 @@ class PackScorer:
                 weights = self._weights(pack.analyse(preceding[j][-4 * pack.fit_bytes:]))
             else:
                 weights = self._weights(a, problem)
-            for name, v in fused_byte_logprobs(problem, weights).items():
+            for name, v in fused_byte_logprobs(problem, self._following(weights, problem)).items():
                 result[name].append(float(v.sum()))
         return result
+
+    def _following(self, weights: dict[str, torch.Tensor], problem: WeightProblem) -> dict[str, torch.Tensor]:
+        """``online``'s weights per position of ``problem`` (`lmfuse.ensemble.weighting.follow`), from the
+        weights fitted before it; the other strategies' as they are."""
+        system = f"pack[{ONLINE}]"
+        if system not in weights:
+            return weights
+        assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
+        path = follow(weights[system], problem.log_probs, problem.targets, problem.present,
+                      self.pack.options.online_rate)
+        return {**weights, system: path}
 
 
 def _joined(context: TextRun, continuation: TextRun, shift: int) -> TextRun:
