@@ -26,32 +26,38 @@ def two_experts(t: int = 200) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return torch.stack([m0, m1]).log_softmax(-1), targets, torch.ones(2, t, dtype=torch.bool)
 
 
-def test_a_member_that_becomes_better_takes_over() -> None:
+@pytest.mark.parametrize("fusion", ["product", "mixture"])
+def test_a_member_that_becomes_better_takes_over(fusion: str) -> None:
     log_probs, targets, present = two_experts()
-    w = follow(torch.tensor([1.0, 0.0]), log_probs, targets, present, 0.01)
+    w = follow(torch.tensor([1.0, 0.0]), log_probs, targets, present, 0.05, fusion)
     assert torch.allclose(w.sum(0), torch.ones(w.shape[1]), atol=1e-5)
     assert w[:, 0].tolist() == [1.0, 0.0]  # the first byte uses the start weights
-    assert w[0, 99] > 0.9 and w[1, -1] > 0.9  # member 0 leads the first half, member 1 takes the second
+    assert w[0, 99] > 0.8 and w[1, -1] > 0.8, w[:, [99, -1]]  # member 0 leads the first half, member 1 the second
 
 
 def test_weights_at_a_position_depend_only_on_the_bytes_before_it() -> None:
     log_probs, targets, present = two_experts()
     start = torch.tensor([0.3, 0.7])
-    w = follow(start, log_probs, targets, present, 0.05)
+    w = follow(start, log_probs, targets, present, 0.05, "product")
     changed = targets.clone()
     changed[120:] = (changed[120:] + 1) % 256
-    w2 = follow(start, log_probs, changed, present, 0.05)
+    w2 = follow(start, log_probs, changed, present, 0.05, "product")
     assert torch.equal(w[:, :121], w2[:, :121]) and not torch.equal(w, w2)
 
 
 def test_absent_members_keep_their_weight_and_bad_rates_are_named() -> None:
-    w = updated(torch.tensor([0.5, 0.5]).double().numpy(), torch.tensor([0.9, 0.1]).double().numpy(),
-                torch.tensor([True, False]).numpy(), 1e-9)
-    assert w[1] == pytest.approx(0.5)
+    rows = torch.tensor([[-0.1, -2.4], [-3.0, -0.05]]).double().numpy()  # member 1 is sure of outcome 1
+    for fusion in ("product", "mixture"):
+        w = updated(torch.tensor([0.5, 0.5]).double().numpy(), rows, 0, torch.tensor([True, False]).numpy(), 1e-6,
+                    fusion)
+        assert w[1] == pytest.approx(0.5, abs=1e-6)  # absent: out of the step
+        w = updated(torch.tensor([0.5, 0.5]).double().numpy(), rows, 0, torch.tensor([True, True]).numpy(), 0.1,
+                    fusion)
+        assert w[0] > 0.5  # outcome 0 came: the member that gave it more weight gains
     log_probs, targets, present = two_experts(4)
     for rate in (0.0, 1.0, -0.1):
         with pytest.raises(InputError, match="online rate must be in"):
-            follow(torch.tensor([0.5, 0.5]), log_probs, targets, present, rate)
+            follow(torch.tensor([0.5, 0.5]), log_probs, targets, present, rate, "product")
     with pytest.raises(InputError, match="online_rate"):
         PackConfig.of(online_rate=1.5)
 

@@ -66,8 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "alone, e.g. packllm-opt,packllm-sim,uniform,top1,joint-eg (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
     fused.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
-                       help="weighting online: share of weight handed back to every member per byte (default: "
-                            "%(default)s)")
+                       help="weighting online: the weights' step size per byte (default: %(default)s)")
     fused.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
                        help="text tasks: fit the fused weights on each chunk itself (PackLLM's set-up, the default) "
                             "or on the chunk before it (causal, what generation gets; the first chunk is not scored)")

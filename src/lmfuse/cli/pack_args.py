@@ -25,8 +25,7 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", help="comma-separated member weights for --weighting fixed")
     g.add_argument("--tau", type=float, default=1.0, help="temperature of packllm-sim (default: 1)")
     g.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
-                   help="weighting online: the share of weight handed back to every member per byte, in (0, 1) "
-                        "(default: %(default)s)")
+                   help="weighting online: the weights' step size per byte, in (0, 1) (default: %(default)s)")
     g.add_argument("--fusion", default="product", help=f"fusion rule: {', '.join(FUSIONS.names())}")
     g.add_argument("--seed-member", help="fix the member whose tokens generation emits (default: the largest weight)")
     g.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,

@@ -92,7 +92,7 @@ class PackConfig(BaseModel):
     nll_norm: NllNorm = DEFAULT_NLL_NORM
     seed: int = 0  # the sampling seed of the first prompt (prompt i gets seed + i)
     tau: Annotated[float, Field(gt=0)] = 1.0  # packllm-sim's temperature
-    online_rate: Annotated[float, Field(gt=0, lt=1)] = DEFAULT_ONLINE_RATE  # ``online``: fixed share per byte
+    online_rate: Annotated[float, Field(gt=0, lt=1)] = DEFAULT_ONLINE_RATE  # ``online``: step size per byte
     weights: list[Annotated[float, Field(ge=0)]] | None = None  # weighting "fixed": one per member
     fit_bytes: Annotated[int, Field(ge=1)] = DEFAULT_FIT_BYTES
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

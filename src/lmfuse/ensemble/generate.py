@@ -280,13 +280,13 @@ class Decoding:
         return out.masked_fill(~self.allowed, float("-inf"))
 
     def _follow(self, token: int, n_bytes: int) -> None:
-        """``online`` weights follow the text: after each token, every member that spoke is reweighted by its
-        probability of it (the lead's own row, the others' votes on it) and the share of weight for the
-        token's bytes goes back to all (`lmfuse.ensemble.weighting.updated`). The lead stays the member
-        chosen on the prompt: the weights move, the tokens decoding emits stay the lead's."""
-        rate = 1 - (1 - self.pack.options.online_rate) ** max(n_bytes, 1)
-        evidence = self._rows[:, token].double().exp().numpy()
-        w = updated(self.lam.double().numpy(), evidence, self._speaks.numpy(), rate)
+        """``online`` weights follow the text: after each token, one step on the fused log-loss of it (the
+        lead's own row and the others' votes, as fused; `lmfuse.ensemble.weighting.updated`), its size the
+        per-byte rate times the token's bytes (a token's loss is the sum of its bytes'). The lead stays the
+        member chosen on the prompt: the weights move, the tokens decoding emits stay the lead's."""
+        rate = min(self.pack.options.online_rate * max(n_bytes, 1), 0.5)
+        w = updated(self.lam.double().numpy(), self._rows.double().numpy(), token, self._speaks.numpy(), rate,
+                    self.pack.fusion)
         self.lam = torch.from_numpy(w).float()
 
     def _step(self) -> None:

@@ -12,6 +12,9 @@ Every strategy is ``(problem, options) -> weights [K]`` on the simplex, register
 * ``joint-eg``     — beyond the paper: starts from packllm-opt's weights and runs exponentiated-gradient
   (mirror) descent on the *joint* fused-NLL objective over the whole simplex, keeping only improving
   steps, so its fitted NLL is never worse than packllm-opt's.
+* ``online``       — beyond the paper: packllm-opt's weights on the prompt are where a text *starts*; scoring
+  and decoding then update them after every byte (`follow`: exponentiated gradient on the fused log-loss
+  with a fixed share, step ``online_rate`` per byte), so a member that becomes better later gains weight.
 
 The objective (``WeightProblem.objective``) is the mean NLL of the prompt's bytes under the fused
 next-byte distribution, every member read as its exact byte-level model (`lmfuse.ensemble.bytelevel`); a
@@ -87,15 +90,18 @@ def fused(log_probs: torch.Tensor, weights: torch.Tensor, present: torch.Tensor,
 
 
 ONLINE = "online"
+LOG_IMPOSSIBLE = -1e4  # stands for -inf (a token a member cannot write) in the online update's gradient
+MAX_GRADIENT = 50.0  # one surprising byte moves the weights at most exp(rate * 50)
 FITS_ON_OBJECTIVE = ("packllm-opt", "joint-eg", ONLINE)  # strategies that minimise the fused NLL of the prompt
-# The fixed share per byte, chosen on development texts (benchmarks/online.py, docs/results/pack/online/).
-DEFAULT_ONLINE_RATE = 0.01
+# The online update's step per byte, chosen on development texts (benchmarks/online.py,
+# docs/results/pack/online/README.md).
+DEFAULT_ONLINE_RATE = 0.03
 
 
 @dataclass(frozen=True)
 class WeightOptions:
     tau: float = 1.0
-    online_rate: float = DEFAULT_ONLINE_RATE  # ``online``: the share of weight handed back equally per byte
+    online_rate: float = DEFAULT_ONLINE_RATE  # ``online``: the weights' step size per byte (`updated`)
     fixed: Sequence[float] | None = None
     grid: int = 21  # PackLLM-opt's grid: a in {0, 1/20, ..., 1}
     eg_steps: int = 40
@@ -197,39 +203,55 @@ def online(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
 
 
 def follow(start: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor, present: torch.Tensor,
-           rate: float) -> torch.Tensor:
-    """``[K, T]`` the weights at each of T positions when they follow the text: a Bayesian mixture over the
-    members with a fixed share (Herbster & Warmuth 1998). Position 0 uses ``start [K]``; after each byte the
-    weights are `updated` by the members' probabilities of it (``log_probs [K, T, S]`` at ``targets [T]``),
-    so a member that becomes better later in the text can take over. Causal: the weights at ``t`` depend on
-    the bytes before ``t`` only."""
+           rate: float, fusion: str) -> torch.Tensor:
+    """``[K, T]`` the weights at each of T positions when they follow the text. Position 0 uses ``start [K]``;
+    after each byte the weights are `updated` by how the fused distribution predicted it (``log_probs
+    [K, T, S]`` at ``targets [T]``), so a member that becomes better later in the text gains weight. Causal:
+    the weights at ``t`` depend on the bytes before ``t`` only."""
     check_rate(rate)
     k, t = present.shape
-    seen = log_probs.gather(-1, targets[None, :, None].expand(k, t, 1))[..., 0].double().exp().numpy()  # [K, T]
-    here = present.numpy()
+    lp, here, seen = log_probs.double().numpy(), present.numpy(), targets.numpy()
     out = np.empty((k, t))
     w = start.double().numpy()
     for i in range(t):
         out[:, i] = w
-        w = updated(w, seen[:, i], here[:, i], rate)
+        w = updated(w, lp[:, i], int(seen[i]), here[:, i], rate, fusion)
     return torch.from_numpy(out).float()
 
 
-def updated(weights: np.ndarray, evidence: np.ndarray, present: np.ndarray, rate: float) -> np.ndarray:
-    """``[K]`` weights after one observation: the members present share their weight in proportion to
-    ``weights * evidence`` (their probability of what came; absent members keep theirs), then ``rate`` of all
-    weight is handed back equally (the fixed share)."""
+def updated(weights: np.ndarray, log_probs: np.ndarray, target: int, present: np.ndarray, rate: float,
+            fusion: str) -> np.ndarray:
+    """``[K]`` weights after one observed outcome ``target`` of ``log_probs [K, S]``: one exponentiated-gradient
+    step of size ``rate`` on the fused log-loss of it (``w_k <- w_k exp(-rate * d loss / d w_k)``,
+    renormalised), then a fixed share of ``rate / 100`` handed back equally, so no member's weight stays 0.
+
+    Exponentiated gradient, not a Bayesian posterior (``w_k p_k(x)``): the posterior is the exact update of a
+    *mixture* but drives a product of experts toward its single best member; on the development texts it
+    scored worse than packllm-opt's fixed weights at every rate tried (docs/results/pack/online/README.md).
+    Members absent at the position (``present [K]`` False) are left out of the step."""
     w = weights.copy()
-    mass = w[present] * evidence[present]
-    total = mass.sum()
-    if total > 0:
-        w[present] = mass / total * w[present].sum()
-    return (1 - rate) * w + rate / len(w)
+    if present.any():
+        lp = np.where(np.isfinite(log_probs), log_probs, LOG_IMPOSSIBLE)[present]
+        share = w[present] / w[present].sum() if w[present].sum() > 0 else np.full(int(present.sum()), 1 / present.sum())
+        if fusion == "product":  # loss = -log softmax(sum_k w_k l_k)[x]: gradient -(l_k[x] - E_fused[l_k])
+            z = share @ lp
+            f = np.exp(z - z.max())
+            f /= f.sum()
+            grad = -(lp[:, target] - lp @ f)
+        else:  # mixture: loss = -log sum_k w_k p_k(x): gradient -p_k(x) / fused(x)
+            p = np.exp(lp[:, target])
+            grad = -p / max(float(share @ p), 1e-300)
+        step = np.zeros(len(w))
+        step[present] = np.clip(grad, -MAX_GRADIENT, MAX_GRADIENT)
+        w = w * np.exp(-rate * step)
+        w /= w.sum()
+    share_back = rate / 100
+    return (1 - share_back) * w + share_back / len(w)
 
 
 def check_rate(rate: float) -> None:
     if not 0 < rate < 1:
-        raise InputError(f"online rate must be in (0, 1) (a share of weight per byte); got {rate}")
+        raise InputError(f"online rate must be in (0, 1) (the weights' step size per byte); got {rate}")
 
 
 def fit_weights(name: str, problem: WeightProblem, options: WeightOptions | None = None) -> torch.Tensor:

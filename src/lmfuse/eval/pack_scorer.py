@@ -189,7 +189,7 @@ class PackScorer:
             return weights
         assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
         path = follow(weights[system], problem.log_probs, problem.targets, problem.present,
-                      self.pack.options.online_rate)
+                      self.pack.options.online_rate, problem.fusion)
         return {**weights, system: path}
 
 
