@@ -389,7 +389,10 @@ class Decoder:
         tasks = [t for d in self.live for t in d.tasks()]
         self._run(tasks)
         for d in self.live:
-            d.advance()
+            try:
+                d.advance()
+            except Exception as exc:  # this prompt's fit or step failed: the others go on
+                d.fail(exc)
         finished = [d for d in self.live if d.done]
         self.live = [d for d in self.live if not d.done]
         return finished
