@@ -142,7 +142,7 @@ def test_evaluation_records_each_strategys_member_weights_per_example(
     mc = MCTask("inline", "test", [MCExample(q, (" Yes", " No"), (0,)) for q in queries])
     text = TextTask("text", "test", ["The quick brown fox jumps.", "def add(a, b):\n    return a + b\n"])
     pack = Pack(list(toy_members.values()), weighting="packllm-opt")
-    results = evaluate(pack_scorer(pack, ["uniform", "packllm-opt"]), [mc, text])
+    results = evaluate(pack_scorer(pack, ["uniform", "packllm-opt"]), [mc, text], fit_on="text")
     for task in results.tasks:
         for member in pack.names:
             assert task.weights(member) == {}
@@ -167,7 +167,7 @@ def test_evaluation_records_each_strategys_member_weights_per_example(
 
 
 def test_causal_text_scores_fit_the_weights_on_the_chunk_before(toy_members: dict[str, Member]) -> None:
-    """``fit_on="preceding"``: chunk j is scored with the weights `pack.weights` gives chunk j-1, the first
+    """``fit_on="preceding"`` (the default): chunk j is scored with the weights `pack.weights` gives chunk j-1, the first
     chunk (nothing before it) is not scored, and the members' columns do not change."""
     members = [toy_members["bytebpe"], toy_members["sentencepiece"]]
     chunks = ["The quick brown fox jumps over the lazy dog. ", "def add(a, b):\n    return a + b\n",
@@ -175,8 +175,8 @@ def test_causal_text_scores_fit_the_weights_on_the_chunk_before(toy_members: dic
     text = TextTask("text", "test", chunks)
     pack = Pack(members, weighting="packllm-opt")
     scorer = pack_scorer(pack, ["packllm-opt"])
-    causal = evaluate(scorer, [text], fit_on="preceding").tasks[0]
-    plain = evaluate(scorer, [text]).tasks[0]
+    causal = evaluate(scorer, [text]).tasks[0]  # the default
+    plain = evaluate(scorer, [text], fit_on="text").tasks[0]
     assert causal.indices == [1, 2] and plain.indices == [0, 1, 2]
     weights = causal.weights("pack[packllm-opt]")
     for row, i in enumerate(causal.indices):
@@ -185,6 +185,9 @@ def test_causal_text_scores_fit_the_weights_on_the_chunk_before(toy_members: dic
         assert causal.per_example[m]["logprob"] == pytest.approx(plain.per_example[m]["logprob"][1:], abs=1e-6)
     with pytest.raises(InputError, match="none to score with weights fitted on a preceding one"):
         evaluate(scorer, [TextTask("one", "test", chunks[:1])], fit_on="preceding")
+    assert "Causal: each chunk is scored with weights fitted on the chunk before it" in markdown(
+        evaluate(scorer, [text]))
+    assert "Transductive" in markdown(evaluate(scorer, [text], fit_on="text"))
 
 
 def test_sampling_is_reproducible_and_stop_strings_cut(toy_members: dict[str, Member]) -> None:

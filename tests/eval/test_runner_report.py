@@ -220,7 +220,7 @@ class OracleScorer(OneByOne):
                 "b": [0.0 if c == "No" else -9.0 for c in continuations],
                 "pack[u]": [0.0 if c == right else -9.0 for c in continuations]}
 
-    def text_logprob(self, texts: list[str]) -> dict[str, list[float]]:
+    def text_logprob(self, texts: list[str], preceding: list[str] | None = None) -> dict[str, list[float]]:
         return {s: [-b * 0.6931471805599453 * len(t.encode()) for t in texts] for s, b in self.BITS.items()}
 
 

@@ -68,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fused.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
                        help="weighting online: the weights' step size per byte (default: %(default)s)")
     fused.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
-                       help="text tasks: fit the fused weights on each chunk itself (PackLLM's set-up, the default) "
-                            "or on the chunk before it (causal, what generation gets; the first chunk is not scored)")
+                       help="text tasks: fit the fused weights on the chunk before each one (causal, what generation "
+                            "gets; the first chunk is not scored; the default) or on the chunk itself (PackLLM's "
+                            "transductive set-up)")
     fused.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                        help="NLL normalisation for weights and the seed member (default: %(default)s)")
     parser.add_argument("--window", type=int, default=2048, help="rolling-window tokens for bits per byte")

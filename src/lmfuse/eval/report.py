@@ -77,7 +77,7 @@ def markdown(results: Results) -> str:
             "",
             "## Bits per UTF-8 byte (lower is better)",
             "",
-            "95% bootstrap interval over text chunks.",
+            "95% bootstrap interval over text chunks. " + _fit_on_sentence(s.get("fit_on", "text"), systems),
             "",
             "| task | chunks | bytes | " + " | ".join(systems) + " | s |",
             "|---|---:|---:|" + "---:|" * len(systems) + "---:|",
@@ -88,6 +88,17 @@ def markdown(results: Results) -> str:
             lines.append(f"| {t.task} | {t.n} | {nbytes} | " + " | ".join(cells) + f" | {t.seconds:.0f} |")
     lines += _weights_section(results.tasks, systems)
     return "\n".join(lines) + "\n"
+
+
+def _fit_on_sentence(fit_on: str, systems: list[str]) -> str:
+    """How the fused systems' weights were fitted for text, said where their bits per byte are."""
+    if not any(x.startswith("pack[") for x in systems):
+        return ""
+    if fit_on == "preceding":
+        return ("Causal: each chunk is scored with weights fitted on the chunk before it (what generation gets); "
+                "the first chunk of a text only provides that fit and is not scored.")
+    return ("Transductive: each chunk is scored with weights fitted on that chunk itself (PackLLM's "
+            "language-modelling set-up; the weights have seen the text they score).")
 
 
 def _verdict(member: str, fused: str, lo: float, hi: float, better: float) -> str:

@@ -84,7 +84,9 @@ class Results:
 
 
 RESUME_KEYS = ("limit", "shots", "seed", "systems", "models", "fit_on")
-FIT_ON = ("text", "preceding")
+# Causal first (the default): fused bits per byte measure what generation would get. "text" is PackLLM's
+# transductive set-up, kept as an option (reports say which was used).
+FIT_ON = ("preceding", "text")
 
 
 def finished_tasks(previous: Results, settings: dict[str, Any]) -> dict[str, TaskResult]:
@@ -151,7 +153,7 @@ def evaluate(
     on_task: Callable[[Results], object] | None = None,
     resume: Results | None = None,
     data_dir: DataDir | None = None,
-    fit_on: str = "text",
+    fit_on: str = FIT_ON[0],
     batch_size: int = 8,
 ) -> Results:
     """Evaluate every system of ``scorer`` on ``tasks`` (names or loaded tasks).
@@ -160,15 +162,17 @@ def evaluate(
     demonstrations precede each MC query, drawn per example with the same seed. ``on_task`` sees
     the partial results after each task (the CLI writes them, so a long run that is stopped keeps
     the tasks it finished); given those partial results as ``resume``, a rerun skips the finished
-    tasks (see ``finished_tasks`` for when that is allowed). ``fit_on="preceding"`` scores each text
-    chunk with weights fitted on the chunk before it (causal bits per byte; the first chunk, which has
-    none, is not scored); ``"text"`` fits them on the chunk itself (PackLLM's set-up). ``batch_size`` MC
+    tasks (see ``finished_tasks`` for when that is allowed). ``fit_on="preceding"`` (the default) scores
+    each text chunk with weights fitted on the chunk before it (causal bits per byte; the first chunk, which
+    has none, is not scored); ``"text"`` fits them on the chunk itself (PackLLM's transductive set-up). ``batch_size`` MC
     examples go through each forward pass together (results do not depend on it).
     """
     if fit_on not in FIT_ON:
         raise InputError(f"fit_on must be one of {', '.join(FIT_ON)}, got {fit_on!r}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if not any(system.startswith("pack[") for system in scorer.systems()):
+        fit_on = "text"  # nothing is fitted: every chunk is scored
     loaded = [
         t if not isinstance(t, str) else load_task(t, bigbench_root=bigbench_root, shakespeare_root=shakespeare_root,
                                                    data_dir=data_dir)
