@@ -133,6 +133,7 @@ def run_mode(pack: Any, mode: str, max_batch: int, args: argparse.Namespace) -> 
     with server as url:
         body = {"model": config.model_name, "max_tokens": args.max_tokens, "temperature": 0}
         httpx.post(f"{url}/v1/completions", json={**body, "prompt": "warm up"}, timeout=600).raise_for_status()
+        warm_steps = len(server.app.state.batcher.batches)
         deadline = time.perf_counter() + args.seconds
 
         def client(i: int) -> None:
@@ -167,7 +168,7 @@ def run_mode(pack: Any, mode: str, max_batch: int, args: argparse.Namespace) -> 
         for t in threads:
             t.join()
         result.seconds = time.perf_counter() - t0
-        result.batches = list(server.app.state.batcher.batches)[1:]  # drop the warm-up
+        result.batches = list(server.app.state.batcher.batches)[warm_steps:]  # not the warm-up's steps
     return result
 
 

@@ -22,6 +22,7 @@ import logging
 import queue
 import secrets
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from lmfuse.serve.errors import APIError
 
 log = logging.getLogger("lmfuse.serve")
 IDLE_POLL_S = 0.1  # how often an idle pack thread looks for a stop request
+RECENT_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ class Batcher:
     def __init__(self, pack: Any, config: ServeConfig) -> None:
         self.pack, self.config = pack, config
         self.pending = 0  # admitted and not yet released (only touched on the event loop)
-        self.batches: list[int] = []  # prompts decoded together at each step, for tests and /health
+        # Prompts decoded together at each of the last steps (benchmarks read it); bounded for a long-lived server.
+        self.batches: deque[int] = deque(maxlen=RECENT_STEPS)
         self._inbox: queue.Queue[Job] = queue.Queue()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
