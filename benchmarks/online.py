@@ -1,4 +1,5 @@
-"""Causal bits per byte of the pack's weightings on texts: packllm-opt, online at several rates, each member.
+"""Causal bits per byte of the pack's weightings on texts: packllm-opt, joint-eg, online at several rates, each
+member.
 
     python benchmarks/online.py --role dev                 # choose the online rate (development texts)
     python benchmarks/online.py --role held-out --rates 0.01   # report it on texts the rate never saw
@@ -50,6 +51,7 @@ def chunk_scores(pack: Pack, previous: str, chunk: str, rates: list[float], wind
         return float(lp.gather(-1, problem.targets[:, None]).sum())
 
     out["pack[packllm-opt]"] = total(start)
+    out["pack[joint-eg]"] = total(pack.fit(before, "joint-eg")[0])
     for rate in rates:
         out[f"pack[online {rate:g}]"] = total(follow(start, problem.log_probs, problem.targets, problem.present, rate,
                                                      problem.fusion))
@@ -95,14 +97,14 @@ def main() -> None:
         done = {json.loads(line)["chunk"]: json.loads(line) for line in path.open()} if path.exists() else {}
         rows, n_bytes = [], []
         for i in range(1, len(chunks)):
-            if i not in done or any(f"pack[online {r:g}]" not in done[i]["scores"] for r in rates):
+            if i not in done or any(k not in done[i]["scores"] for k in ["pack[joint-eg]", *(f"pack[online {r:g}]" for r in rates)]):
                 t0 = time.perf_counter()
                 done[i] = {"chunk": i, "bytes": len(chunks[i].encode("utf-8")),
                            "scores": chunk_scores(pack, chunks[i - 1], chunks[i], rates, args.window)}
                 with path.open("a") as f:
                     f.write(json.dumps(done[i]) + "\n")
                 print(f"  {spec} chunk {i}/{len(chunks) - 1}: {time.perf_counter() - t0:.1f} s", flush=True)
-            keep = ["pack[packllm-opt]", *(f"pack[online {r:g}]" for r in rates)]
+            keep = ["pack[packllm-opt]", "pack[joint-eg]", *(f"pack[online {r:g}]" for r in rates)]
             scores = done[i]["scores"]
             rows.append({k: v for k, v in scores.items() if not k.startswith("pack[") or k in keep})
             n_bytes.append(done[i]["bytes"])
