@@ -81,3 +81,9 @@ def test_online_generation_of_identical_members_is_the_member_alone(toy_members:
     assert fused[0].text == alone[0].text
     mixed = Pack([toy_members["bytebpe"], member], weighting="online").generate(["Once upon a time"], max_new_tokens=8)
     assert mixed[0].n_tokens == 8
+
+
+def test_the_weight_report_says_online_weights_are_where_the_text_starts(toy_members: dict[str, Member]) -> None:
+    pack = Pack([toy_members["bytebpe"], toy_members["sentencepiece"]], weighting="online")
+    assert "starting weights" in str(pack.weights("Once upon a time"))
+    assert "starting weights" not in str(pack.weights("Once upon a time", "packllm-opt"))

@@ -296,6 +296,8 @@ class WeightReport:
             lines.append(f"  {n:<{width}}  weight {w:6.3f}  NLL {x:7.4f}{mark}")
         if self.fitted_nll is not None:
             lines.append(f"  fused NLL on the prompt: {self.fitted_nll:.4f} nats/byte")
+        if self.weighting == ONLINE:
+            lines.append("  these are the starting weights: they follow the text after every token (online)")
         for member, dropped in self.truncated.items():
             lines.append(f"  warning: {member} read only the end of the prompt ({dropped} earlier tokens did not fit)")
         return "\n".join(lines)
