@@ -13,7 +13,7 @@ import torch
 
 from lmfuse.ensemble import Pack
 from lmfuse.ensemble.generate import allowed_ids
-from lmfuse.ensemble.runs import read_with_continuations
+from lmfuse.ensemble.runs import read_examples
 from lmfuse.errors import InputError, NumericalError
 from lmfuse.eval.member_scorer import MemberScorer
 from lmfuse.eval.pack_scorer import pack_scorer
@@ -99,8 +99,8 @@ def test_scorer_systems_and_prefix_reuse_equals_recomputation(toy_members: dict[
     assert set(out) == set(scorer.systems())
     assert all(len(v) == 2 and all(math.isfinite(x) and x < 0 for x in v) for v in out.values())
     member = toy_members["bytebpe"]
-    _, cached = read_with_continuations(member, "To be, or not", [" to be", " that"], reuse_prefix=True)
-    _, fresh = read_with_continuations(member, "To be, or not", [" to be", " that"], reuse_prefix=False)
+    ((_, cached),) = read_examples(member, [("To be, or not", [" to be", " that"])], reuse_prefix=True)
+    ((_, fresh),) = read_examples(member, [("To be, or not", [" to be", " that"])], reuse_prefix=False)
     for a, b in zip(cached, fresh, strict=True):
         assert torch.allclose(a.rows, b.rows, atol=1e-4)
     texts = scorer.text_logprob(["The quick brown fox jumps over the lazy dog."])

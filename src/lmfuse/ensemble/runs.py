@@ -42,13 +42,6 @@ def read_text(member: Member, text: str, window: int | None = None) -> TextRun:
 Example = tuple[str, Sequence[str]]  # a context and its continuations (the options of one question)
 
 
-def read_with_continuations(
-    member: Member, context: str, continuations: Sequence[str], reuse_prefix: bool = True
-) -> tuple[TextRun, list[TextRun]]:
-    """Rows of ``context`` and of each continuation given it (`read_examples` for one example)."""
-    return read_examples(member, [(context, continuations)], reuse_prefix)[0]
-
-
 def read_examples(member: Member, examples: Sequence[Example],
                   reuse_prefix: bool = True) -> list[tuple[TextRun, list[TextRun]]]:
     """Per example: the member's rows of the context, and of each continuation given it.

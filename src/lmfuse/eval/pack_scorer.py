@@ -78,12 +78,12 @@ class PackScorer:
             if name in FITS_ON_OBJECTIVE and problem is None and len(self.pack.members) > 1:
                 problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
             out[f"pack[{name}]"] = self.pack.fit(a, name, problem)[0]
-        return self._remember(out)
+        return out
 
-    def _remember(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._last = [{system: dict(zip(self.pack.names, (float(x) for x in w), strict=True))
-                       for system, w in weights.items()}]
-        return weights
+    def _explained(self, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+        """``{system: {member: weight}}`` as `last_weights` reports them."""
+        return {system: dict(zip(self.pack.names, (float(x) for x in w), strict=True))
+                for system, w in weights.items()}
 
     def last_weights(self) -> dict[str, dict[str, float]]:
         """Each strategy's member weights for the last item scored (`lmfuse.eval.scorer.ExplainsWeights`)."""
@@ -117,22 +117,24 @@ class PackScorer:
                 raise value
         per_member = [cast(list[Read], done[k]) for k in range(len(pack.members))]
         out: list[dict[str, list[float]]] = []
-        weights_log: list[dict[str, dict[str, float]]] = []
+        explained: list[dict[str, dict[str, float]]] = []
         j = 0
         for context, continuations in examples:
             if not continuations:
                 out.append({name: [] for name in self.systems()})
+                explained.append({})
                 continue
             reads = [reads_k[j] for reads_k in per_member]
             j += 1
-            out.append(self._fuse(context, continuations, reads))
-            weights_log.append(self._last[-1] if self._last else {})
-        self._last = weights_log
+            scores, weights = self._fuse(context, continuations, reads)
+            out.append(scores)
+            explained.append(self._explained(weights))
+        self._last = explained
         return out
 
     def _fuse(self, context: str, continuations: list[str],
-              reads: list[Read]) -> dict[str, list[float]]:
-        """One example's scores: each member's own, and the pack's per weighting."""
+              reads: list[Read]) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+        """One example's scores (each member's own, and the pack's per weighting) and the weights used."""
         pack = self.pack
         result: dict[str, list[float]] = {
             m.name: [float(r.token_logprobs.sum()) for r in conts] for m, (_, conts) in zip(pack.members, reads,
@@ -145,8 +147,7 @@ class PackScorer:
                 raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
                                  "give a context, or use uniform, fixed, top1 or packllm-sim")
             base = Analysis(context, [], torch.zeros(len(pack.members)), 0.0)
-            weights = self._remember({f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0]
-                                      for n in self.weightings})
+            weights = {f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0] for n in self.weightings}
         for name in weights:
             result[name] = []
         start = len(context.encode("utf-8"))
@@ -159,7 +160,7 @@ class PackScorer:
             problem = pack.byte_problem(text, runs, (start, len(text.encode("utf-8"))), torch.zeros(len(runs)))
             for name, v in fused_byte_logprobs(problem, self._following(weights, problem)).items():
                 result[name].append(float(v.sum()))
-        return result
+        return result, weights
 
     def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
         """Whole-text log-probs. The pack's weights are fitted on the text itself (transductively, as
@@ -177,6 +178,7 @@ class PackScorer:
                 weights = self._weights(pack.analyse(preceding[j][-4 * pack.fit_bytes:]))
             else:
                 weights = self._weights(a, problem)
+            self._last = [self._explained(weights)]
             for name, v in fused_byte_logprobs(problem, self._following(weights, problem)).items():
                 result[name].append(float(v.sum()))
         return result
