@@ -62,5 +62,6 @@ def mc_only_tree(root: Path) -> Path:
 class OneByOne:
     """``loglikelihood_many`` for a test scorer that has only ``loglikelihood``."""
 
-    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]],
+                           answers: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[dict[str, list[float]]]:
         return [self.loglikelihood(c, list(o)) for c, o in requests]  # type: ignore[attr-defined]

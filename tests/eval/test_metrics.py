@@ -91,5 +91,7 @@ def test_shot_indices_never_use_the_query_and_do_not_depend_on_the_limit() -> No
 
 
 def test_kshot_context_layout() -> None:
-    ctx = metrics.kshot_context("Answer.\n", ["Q: a\nA: x", "Q: b\nA: y"], "Q: c\nA: ", "\n\n")
-    assert ctx == "Answer.\nQ: a\nA: x\n\nQ: b\nA: y\n\nQ: c\nA: "
+    ctx, answers = metrics.kshot_context("Answer.\n", [("Q: a\nA:", " x"), ("Q: b\nA:", " yes")], "Q: c\nA: ", "\n\n")
+    assert ctx == "Answer.\nQ: a\nA: x\n\nQ: b\nA: yes\n\nQ: c\nA: "
+    assert [ctx[a:b] for a, b in answers] == [" x", " yes"]
+    assert metrics.kshot_context("", [], "Q: c\nA:", "\n") == ("Q: c\nA:", [])

@@ -24,7 +24,7 @@ def test_bigbench_default_prompt_format(bb: Path) -> None:
     listed = "".join(f"\n  choice: {o}" for o in ex.options)
     assert ex.query == f"\nQ: Is 1 even?{listed}\nA: "
     assert sorted(ex.options) == ["No", "Yes"] and [ex.options[i] for i in ex.correct] == ["No"]
-    assert ex.demo() == ex.query + "No"
+    assert ex.demo() == (ex.query, "No")
     assert task.examples == tasks.load_bigbench("parity", root=bb).examples  # the shuffle is seeded
 
 

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fused = parser.add_argument_group("fusion (PackLLM)")
     fused.add_argument("--weighting", default="",
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
-                            "alone, e.g. packllm-opt,packllm-sim,uniform,top1,joint-eg (one forward pass per member)")
+                            "alone, e.g. packllm-opt,packllm-sim,uniform,top1,online, or demo-fit with --shots (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
     fused.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
                        help="weighting online: the weights' step size per byte (default: %(default)s)")
@@ -187,6 +187,23 @@ def load_tasks(args: argparse.Namespace, names: list[str], data_dir: DataDir | N
     return tasks, skipped
 
 
+def check_demonstrations(args: argparse.Namespace, tasks: list[Task]) -> None:
+    """A weighting fitted on demonstrations' answers needs k-shot multiple-choice tasks: say so before any
+    model loads."""
+    from lmfuse.ensemble.weighting import FITS_ON_DEMONSTRATIONS
+
+    chosen = [w.strip() for w in args.weighting.split(",") if w.strip() in FITS_ON_DEMONSTRATIONS]
+    if not chosen:
+        return
+    if args.shots < 1:
+        raise InputError(f"--weighting {chosen[0]} fits the members' weights on the answers of solved "
+                         f"demonstrations: give --shots K (K >= 1 demonstrations per question; got --shots {args.shots})")
+    text = [t.name for t in tasks if t.kind != "mc"]
+    if text:
+        raise InputError(f"--weighting {chosen[0]} needs multiple-choice tasks with demonstrations; {', '.join(text)} "
+                         "is text (bits per byte): evaluate it in a separate run without it")
+
+
 def run(args: argparse.Namespace) -> int:
     from lmfuse.eval.combined import CombinedScorer
     from lmfuse.eval.report import markdown, write_report
@@ -205,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {str(args.out)!r} is a file; give a directory for results.json, report.md and plot.png")
     data_dir = user_data_dir(args.data_dir)
     tasks, skipped = load_tasks(args, names, data_dir)
+    check_demonstrations(args, tasks)
     previous = earlier_results(args)
     scorer = CombinedScorer(build_scorers(args, load_members(args)))
     settings = {"command": command_line(args), "skipped_tasks": skipped,

@@ -38,6 +38,7 @@ from lmfuse.ensemble.generate import Decoder, Decoding, Generation, MemberWorker
 from lmfuse.ensemble.runs import TextRun, read_text
 from lmfuse.ensemble.vocab import PackVocab
 from lmfuse.ensemble.weighting import (
+    FITS_ON_DEMONSTRATIONS,
     FITS_ON_OBJECTIVE,
     WeightOptions,
     WeightProblem,
@@ -188,11 +189,12 @@ class Pack:
         return Analysis(text, runs, nll, forward)
 
     def byte_problem(self, text: str, runs: Sequence[TextRun], span: tuple[int, int],
-                     nll: torch.Tensor) -> WeightProblem:
+                     nll: torch.Tensor, ends_text: bool = True) -> WeightProblem:
         """Every member's next-byte distributions at bytes ``span`` of ``text`` as a `WeightProblem`
         (``log_probs [K, T, 257]``: the 256 bytes and ``OTHER``; ``targets`` the text's bytes): the fused-NLL
-        objective per byte."""
-        readings = [self.vocab.read_bytes(k, run, text, span) for k, run in enumerate(runs)]
+        objective per byte. ``ends_text``: the text ends at the span's end (a continuation, a prompt), so a
+        token must end there; False for a span inside the text (a demonstration's answer)."""
+        readings = [self.vocab.read_bytes(k, run, text, span, ends_text) for k, run in enumerate(runs)]
         data = text.encode("utf-8")[span[0] : span[1]]
         return WeightProblem(nll=nll, log_probs=torch.stack([r.log_probs for r in readings]),
                              targets=torch.as_tensor(list(data), dtype=torch.long),
@@ -207,6 +209,10 @@ class Pack:
     def fit(self, a: Analysis, weighting: str | None = None,
             problem: WeightProblem | None = None) -> tuple[torch.Tensor, WeightReport]:
         name = weighting or self.weighting
+        if name in FITS_ON_DEMONSTRATIONS and problem is None:
+            raise InputError(f"weighting {name!r} fits the members' weights on the answers of labelled "
+                             "demonstrations, which a prompt alone does not have: evaluate with k-shot "
+                             "demonstrations (`lmfuse eval --shots K`, K >= 1), or use packllm-opt")
         t0 = time.perf_counter()
         needs_objective = name in FITS_ON_OBJECTIVE and len(self.members) > 1
         if problem is None:

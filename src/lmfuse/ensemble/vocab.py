@@ -76,10 +76,11 @@ class PackVocab:
             self._lead_maps[(k, lead)] = LeadMaps.of(self.lexicon(k), self.lexicon(lead))
         return self._lead_maps[(k, lead)]
 
-    def read_bytes(self, k: int, run: TextRun, text: str, span: tuple[int, int]) -> ByteReading:
+    def read_bytes(self, k: int, run: TextRun, text: str, span: tuple[int, int], ends_text: bool = True) -> ByteReading:
         """Member k's exact next-byte distributions at bytes ``span`` of ``text``, from its own ``run``
-        of the text (the same forward pass that scores it alone)."""
+        of the text (the same forward pass that scores it alone); ``ends_text``: a token ends at the span's
+        end (`lmfuse.ensemble.bytelevel.next_byte_logprobs`'s ``boundary_at_end``)."""
         table = self.table(k)
         first = len(text[: run.offsets[0][0]].encode("utf-8")) if run.offsets else 0
         return next_byte_logprobs(self.sorted_vocab(k), run.rows, run.ids, [table.surface[i] for i in run.ids],
-                                  text.encode("utf-8"), first, span)
+                                  text.encode("utf-8"), first, span, boundary_at_end=ends_text)

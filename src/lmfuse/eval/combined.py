@@ -31,10 +31,11 @@ class CombinedScorer:
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         return {k: v for scorer in self.scorers for k, v in scorer.loglikelihood(context, continuations).items()}
 
-    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]],
+                           answers: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[dict[str, list[float]]]:
         out: list[dict[str, list[float]]] = [{} for _ in requests]
         for scorer in self.scorers:
-            for merged, scores in zip(out, scorer.loglikelihood_many(requests), strict=True):
+            for merged, scores in zip(out, scorer.loglikelihood_many(requests, answers), strict=True):
                 merged.update(scores)
         return out
 

@@ -61,8 +61,10 @@ class MemberScorer:
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         return self.loglikelihood_many([(context, continuations)])[0]
 
-    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
-        """`loglikelihood` of several examples, their forward passes batched together."""
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]],
+                           answers: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[dict[str, list[float]]]:
+        """`loglikelihood` of several examples, their forward passes batched together (a member alone
+        weighs nothing: ``answers`` are not used)."""
         examples = []
         for context, continuations in requests:
             if not continuations:

@@ -123,6 +123,15 @@ def shot_indices(pool: Sequence[int], query: int, k: int, seed: int) -> list[int
     return random.Random(f"{seed}:{query}").sample(candidates, k)
 
 
-def kshot_context(task_prefix: str, demos: Sequence[str], query: str, separator: str) -> str:
-    """The prompt for one example: the task instructions once, the solved demonstrations, the query."""
-    return task_prefix + separator.join([*demos, query])
+def kshot_context(task_prefix: str, demos: Sequence[tuple[str, str]], query: str,
+                  separator: str) -> tuple[str, list[tuple[int, int]]]:
+    """The prompt for one example: the task instructions once, the solved demonstrations (each a query and
+    its correct answer), the query; and the character span of each demonstration's answer in it (what
+    ``demo-fit`` fits the members' weights on)."""
+    parts, answers, at = [task_prefix], [], len(task_prefix)
+    for demo_query, answer in demos:
+        start = at + len(demo_query)
+        answers.append((start, start + len(answer)))
+        parts.append(demo_query + answer + separator)
+        at = start + len(answer) + len(separator)
+    return "".join(parts) + query, answers

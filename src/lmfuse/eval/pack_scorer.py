@@ -18,7 +18,15 @@ import torch
 from lmfuse.ensemble.config import DEFAULT_WEIGHTING
 from lmfuse.ensemble.pack import Analysis, Pack
 from lmfuse.ensemble.runs import TextRun, read_examples, read_text
-from lmfuse.ensemble.weighting import FITS_ON_OBJECTIVE, ONLINE, WEIGHTINGS, WeightProblem, follow, fused
+from lmfuse.ensemble.weighting import (
+    FITS_ON_DEMONSTRATIONS,
+    FITS_ON_OBJECTIVE,
+    ONLINE,
+    WEIGHTINGS,
+    WeightProblem,
+    follow,
+    fused,
+)
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
 
@@ -30,6 +38,20 @@ def last_positions(problem: WeightProblem, n: int) -> WeightProblem:
     assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
     return WeightProblem(nll=problem.nll, log_probs=problem.log_probs[:, -n:], targets=problem.targets[-n:],
                          present=problem.present[:, -n:], fusion=problem.fusion)
+
+
+def joined_problems(problems: Sequence[WeightProblem]) -> WeightProblem:
+    """One problem whose positions are those of ``problems`` in turn (same members, same NLLs)."""
+    log_probs, targets, present = [], [], []
+    for p in problems:
+        assert p.log_probs is not None and p.targets is not None and p.present is not None
+        log_probs.append(p.log_probs)
+        targets.append(p.targets)
+        present.append(p.present)
+    if not targets or not sum(len(t) for t in targets):
+        raise InputError("the demonstrations' answers have no bytes to fit the weights on")
+    return WeightProblem(nll=problems[0].nll, log_probs=torch.cat(log_probs, 1), targets=torch.cat(targets),
+                         present=torch.cat(present, 1), fusion=problems[0].fusion)
 
 
 def fused_byte_logprobs(problem: WeightProblem, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,19 +88,40 @@ class PackScorer:
             out[f"pack[{w}]"] = {"members": pack.names, "weighting": w, "fusion": pack.fusion,
                                  "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "largest weight",
                                  "fit_bytes": pack.fit_bytes, "probabilities": "exact byte-level (prefix covering)",
-                                 "weights_fitted_on": "the context (prompt) only"}
+                                 "weights_fitted_on": "the demonstrations' answers in the context"
+                                 if w in FITS_ON_DEMONSTRATIONS else "the context (prompt) only"}
         return out
 
-    def _weights(self, a: Analysis, whole: WeightProblem | None = None) -> dict[str, torch.Tensor]:
+    def _weights(self, a: Analysis, whole: WeightProblem | None = None,
+                 demos: WeightProblem | None = None) -> dict[str, torch.Tensor]:
         """Each strategy's weights fitted on ``a``; ``whole``: the byte problem of all of ``a``'s text,
-        already read for scoring, whose last ``fit_bytes`` are the fit's (read once, not twice)."""
+        already read for scoring, whose last ``fit_bytes`` are the fit's (read once, not twice); ``demos``:
+        the problem of the demonstrations' answers in it (`_demonstrations`), for ``demo-fit``."""
         problem: WeightProblem | None = None
         out = {}
         for name in self.weightings:
             if name in FITS_ON_OBJECTIVE and problem is None and len(self.pack.members) > 1:
                 problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
-            out[f"pack[{name}]"] = self.pack.fit(a, name, problem)[0]
+            out[f"pack[{name}]"] = self.pack.fit(a, name, demos if name in FITS_ON_DEMONSTRATIONS else problem)[0]
         return out
+
+    def _demonstrations(self, a: Analysis, answers: Sequence[tuple[int, int]]) -> WeightProblem | None:
+        """The fused-NLL problem of the demonstrations' answers in the analysed context (character
+        ``answers`` spans), each byte given everything before it; None when no strategy fits on it."""
+        if not any(name in FITS_ON_DEMONSTRATIONS for name in self.weightings):
+            return None
+        if not answers:
+            raise InputError(self._needs_shots())
+        spans = [(len(a.text[:s].encode("utf-8")), len(a.text[:e].encode("utf-8"))) for s, e in answers]
+        return joined_problems([self.pack.byte_problem(a.text, a.runs, span, a.nll, ends_text=False)
+                                for span in spans if span[1] > span[0]])
+
+    def _demo_weighting(self) -> str:
+        return next(n for n in self.weightings if n in FITS_ON_DEMONSTRATIONS)
+
+    def _needs_shots(self) -> str:
+        return (f"weighting {self._demo_weighting()!r} fits the members' weights on the answers of solved demonstrations in the "
+                "context, and this example has none: evaluate multiple-choice tasks with --shots K (K >= 1)")
 
     def _explained(self, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
         """``{system: {member: weight}}`` as `last_weights` reports them."""
@@ -96,10 +139,16 @@ class PackScorer:
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> dict[str, list[float]]:
         return self.loglikelihood_many([(context, continuations)])[0]
 
-    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]],
+                           answers: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[dict[str, list[float]]]:
         """`loglikelihood` of several examples: each member reads all of them in two batched passes
-        (`lmfuse.ensemble.runs.read_examples`), the members at the same time (`Pack.workers`)."""
+        (`lmfuse.ensemble.runs.read_examples`), the members at the same time (`Pack.workers`). ``answers``:
+        the demonstrations' answer spans in each context, which ``demo-fit`` fits the weights on."""
         pack = self.pack
+        if answers is None:
+            answers = [[] for _ in requests]
+        if len(answers) != len(requests):
+            raise InputError(f"{len(answers)} lists of demonstration answers for {len(requests)} examples")
         # Context and continuations are tokenized apart (one boundary for every member), so spaces ending
         # the context ("A: ") move to the continuations: read alone they would be a stray token that no
         # tokenizer produces before a word. A final newline stays: tokenizers end a line there (Qwen's
@@ -109,6 +158,9 @@ class PackScorer:
         for context, continuations in requests:
             stripped = context.rstrip(HORIZONTAL_SPACE)
             examples.append((stripped, [context[len(stripped):] + c for c in continuations]))
+        # An answer that ran into the stripped spaces keeps the part still in the context.
+        spans = [[(a, min(e, len(context))) for a, e in demo_answers if a < len(context)]
+                 for (context, _), demo_answers in zip(examples, answers, strict=True)]
         scored = [e for e in examples if e[1]]
         done = pack.workers.run({k: partial(read_examples, m, scored, self.reuse_prefix)
                                  for k, m in enumerate(pack.members)})
@@ -119,29 +171,33 @@ class PackScorer:
         out: list[dict[str, list[float]]] = []
         explained: list[dict[str, dict[str, float]]] = []
         j = 0
-        for context, continuations in examples:
+        for (context, continuations), demo_answers in zip(examples, spans, strict=True):
             if not continuations:
                 out.append({name: [] for name in self.systems()})
                 explained.append({})
                 continue
             reads = [reads_k[j] for reads_k in per_member]
             j += 1
-            scores, weights = self._fuse(context, continuations, reads)
+            scores, weights = self._fuse(context, continuations, reads, demo_answers)
             out.append(scores)
             explained.append(self._explained(weights))
         self._last = explained
         return out
 
-    def _fuse(self, context: str, continuations: list[str],
-              reads: list[Read]) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
-        """One example's scores (each member's own, and the pack's per weighting) and the weights used."""
+    def _fuse(self, context: str, continuations: list[str], reads: list[Read],
+              answers: Sequence[tuple[int, int]] = ()) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+        """One example's scores (each member's own, and the pack's per weighting) and the weights used;
+        ``answers``: the demonstrations' answer spans in the context."""
         pack = self.pack
         result: dict[str, list[float]] = {
             m.name: [float(r.token_logprobs.sum()) for r in conts] for m, (_, conts) in zip(pack.members, reads,
                                                                                               strict=True)}
         if context and all(ctx.ids for ctx, _ in reads):
-            weights = self._weights(pack.analyse(context, [ctx for ctx, _ in reads]))
+            a = pack.analyse(context, [ctx for ctx, _ in reads])
+            weights = self._weights(a, demos=self._demonstrations(a, answers))
         else:  # no context to weigh members on: weights as the strategy says without NLLs
+            if any(n in FITS_ON_DEMONSTRATIONS for n in self.weightings):
+                raise InputError(self._needs_shots())
             fitted = [n for n in self.weightings if n in FITS_ON_OBJECTIVE]
             if fitted and len(pack.members) > 1:
                 raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
@@ -167,6 +223,9 @@ class PackScorer:
         PackLLM's language-modelling set-up does: the weights see the text they score), or, given
         ``preceding``, on the text before each one (causally, as in generation)."""
         pack = self.pack
+        if any(n in FITS_ON_DEMONSTRATIONS for n in self.weightings):
+            raise InputError(f"weighting {self._demo_weighting()!r} fits the members' weights on the answers of "
+                             "solved demonstrations, which a text does not have: score text with packllm-opt or online")
         result: dict[str, list[float]] = {name: [] for name in self.systems()}
         for j, text in enumerate(texts):
             runs = [read_text(m, text, self.window) for m in pack.members]

@@ -228,12 +228,14 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
     with tqdm(total=len(indices), desc=task.name, unit="ex", leave=False) as bar:
         for b in range(0, len(indices), batch_size):
             batch = [examples[i] for i in indices[b : b + batch_size]]
-            requests = []
+            requests, answers = [], []
             for i, ex in zip(indices[b : b + batch_size], batch, strict=True):
                 demos = [examples[j].demo() for j in metrics.shot_indices(groups[ex.group], i, shots, seed)]
-                requests.append((metrics.kshot_context(ex.task_prefix, demos, ex.query, ex.separator).lstrip(),
-                                 ex.options))
-            results = scorer.loglikelihood_many(requests)
+                context, spans = metrics.kshot_context(ex.task_prefix, demos, ex.query, ex.separator)
+                cut = len(context) - len(context.lstrip())
+                requests.append((context[cut:], ex.options))
+                answers.append([(a - cut, e - cut) for a, e in spans])
+            results = scorer.loglikelihood_many(requests, answers)
             weights = scorer.batch_weights() if isinstance(scorer, ExplainsWeights) else []
             for j, (ex, scores) in enumerate(zip(batch, results, strict=True)):
                 _record_weights(weights[j] if j < len(weights) else {}, per)

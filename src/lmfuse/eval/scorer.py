@@ -27,8 +27,13 @@ class Scorer(Protocol):
         """
         ...
 
-    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, list[float]]]:
-        """`loglikelihood` of several ``(context, continuations)`` examples, their forward passes batched."""
+    def loglikelihood_many(self, requests: Sequence[tuple[str, Sequence[str]]],
+                           answers: Sequence[Sequence[tuple[int, int]]] | None = None) -> list[dict[str, list[float]]]:
+        """`loglikelihood` of several ``(context, continuations)`` examples, their forward passes batched.
+
+        ``answers``: per example, the character spans in its context of the solved demonstrations' answers
+        (k-shot). A scorer that fits weights on labelled demonstrations (``demo-fit``) fits them there;
+        others ignore it."""
         ...
 
     def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:

@@ -109,8 +109,9 @@ class MCExample:
     separator: str = "\n"
     group: str = ""  # subtask name; demonstrations are drawn from the same group
 
-    def demo(self) -> str:
-        return self.query + self.options[self.correct[0]]
+    def demo(self) -> tuple[str, str]:
+        """This example as a solved demonstration: its query and its (first) correct option."""
+        return self.query, self.options[self.correct[0]]
 
 
 @dataclass(frozen=True)
