@@ -121,3 +121,69 @@ def test_cli_eval_names_shots_before_any_model_loads() -> None:
 
     with pytest.raises(InputError, match="shakespeare:hamlet is text"):
         check_demonstrations(argparse.Namespace(weighting="demo-fit", shots=3), [text, Text()])  # type: ignore[list-item]
+
+
+def continuation_problem(members: Sequence[Member], pairs: Sequence[tuple[str, str]]) -> WeightProblem:
+    """demo-fit-task's problem computed directly: each answer's bytes read after its question (tokenized
+    apart, as an option is), every member its exact byte-level model, the examples' positions in turn."""
+    log_probs, present, targets = [], [], []
+    for member in members:
+        table = token_table(member.tokenizer)
+        readings = []
+        for context, answer in pairs:
+            ids = member.encode(context).ids + member.encode(answer).ids
+            rows = member.log_probs([[member.prefix_token_id, *ids]])[0][:-1]
+            data = (context + answer).encode()
+            readings.append(next_byte_logprobs(SortedVocab.of(table, member.logits_width), rows, ids,
+                                               [table.surface[i] for i in ids], data, 0,
+                                               (len(context.encode()), len(data))))
+        log_probs.append(torch.cat([r.log_probs for r in readings]))
+        present.append(torch.cat([r.present for r in readings]))
+    targets = [b for _, answer in pairs for b in answer.encode()]
+    return WeightProblem(nll=torch.zeros(len(members)), log_probs=torch.stack(log_probs).float(),
+                         targets=torch.tensor(targets), present=torch.stack(present))
+
+
+def test_demo_fit_task_fits_once_on_the_pooled_answers_and_weighs_every_question_alike(
+        toy_members: dict[str, Member]) -> None:
+    members = [toy_members["bytebpe"], toy_members["sentencepiece"], toy_members["wordpiece"]]
+    scorer = pack_scorer(Pack(members), ["demo-fit-task", "packllm-opt"])
+    scorer.learn(DEMOS)
+    expected = fit_weights("packllm-opt", continuation_problem(members, DEMOS))
+    results = scorer.loglikelihood_many([(QUERY, [" blue", " green"]), ("Q: And the grass?\nA:", [" green", " red"])])
+    assert len(results) == 2
+    for weights in scorer.batch_weights():
+        assert [weights["pack[demo-fit-task]"][m.name] for m in members] == pytest.approx(expected.tolist(), abs=1e-6)
+    with pytest.raises(InputError, match="--shots"):
+        scorer.learn([])
+
+
+def test_pooled_demonstrations_are_the_shown_ones_never_an_evaluated_example() -> None:
+    from lmfuse.eval.runner import POOLED_DEMONSTRATIONS, pooled_demonstrations
+
+    examples = [MCExample(query=f" Q{i}:", options=(f" a{i}", f" b{i}"), correct=(1,), task_prefix="Task.\n")
+                for i in range(200)]
+    shown = {i: metrics.shot_indices(range(200), i, 3, seed=5) for i in range(0, 200, 2)}
+    pooled = pooled_demonstrations(examples, shown, seed=5)
+    assert len(pooled) == POOLED_DEMONSTRATIONS
+    evaluated = {f"Task.\n Q{i}:" for i in shown}
+    allowed = {f"Task.\n Q{j}:" for js in shown.values() for j in js}
+    for context, answer in pooled:
+        assert context in allowed and context not in evaluated
+        assert answer == " b" + context.removeprefix("Task.\n Q").removesuffix(":")
+    assert pooled_demonstrations(examples, {i: [] for i in range(5)}, seed=5) == []
+
+
+def test_an_evaluation_learns_each_tasks_weights_before_scoring_it(toy_members: dict[str, Member]) -> None:
+    from lmfuse.eval.runner import pooled_demonstrations
+
+    members = [toy_members["bytebpe"], toy_members["sentencepiece"]]
+    tasks = [MCTask(f"task{t}", "test", [MCExample(query=f"Q{t}: item {i}?\nA:", options=(f" right {i}", " wrong"),
+                                                   correct=(0,)) for i in range(6)]) for t in range(2)]
+    results = evaluate(pack_scorer(Pack(members), ["demo-fit-task"]), tasks, limit=2, shots=1, seed=0)
+    for task, result in zip(tasks, results.tasks, strict=True):
+        shown = {i: metrics.shot_indices(range(6), i, 1, seed=0) for i in result.indices}
+        expected = fit_weights("packllm-opt", continuation_problem(members, pooled_demonstrations(task.examples, shown, 0)))
+        per = result.per_example["pack[demo-fit-task]"]
+        for k, m in enumerate(members):
+            assert per[f"weight:{m.name}"] == pytest.approx([float(expected[k])] * 2, abs=1e-6)

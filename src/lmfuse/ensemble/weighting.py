@@ -16,6 +16,8 @@ Every strategy is ``(problem, options) -> weights [K]`` on the simplex, register
   labelled demonstrations* (k-shot: each solved example's correct option, given its question) instead of the
   whole prompt's, so the weights favour the member that knows the answers, not the one that reads the
   prompt best. Only a scorer given the demonstrations' answer spans can fit it (`lmfuse eval --shots K`).
+* ``demo-fit-task`` — the same, pooled per task: one set of weights fitted on the answers of the task's
+  labelled demonstrations (those the k-shot prompts show, never an evaluated example), used for every question.
 * ``online``       — beyond the paper: packllm-opt's weights on the prompt are where a text *starts*; scoring
   and decoding then update them after every byte (`follow`: exponentiated gradient on the fused log-loss
   with a fixed share, step ``online_rate`` per byte), so a member that becomes better later gains weight.
@@ -97,8 +99,9 @@ ONLINE = "online"
 LOG_IMPOSSIBLE = -1e4  # stands for -inf (a token a member cannot write) in the online update's gradient
 MAX_GRADIENT = 50.0  # one surprising byte moves the weights at most exp(rate * 50)
 FITS_ON_OBJECTIVE = ("packllm-opt", "joint-eg", ONLINE)  # strategies that minimise the fused NLL of the prompt
-DEMO_FIT = "demo-fit"
-FITS_ON_DEMONSTRATIONS = (DEMO_FIT,)  # strategies that minimise the fused NLL of demonstrations' answers
+DEMO_FIT = "demo-fit"  # fitted per example, on the answers of the demonstrations in its prompt
+DEMO_FIT_TASK = "demo-fit-task"  # fitted once per task, on the answers of the task's demonstrations pooled
+FITS_ON_DEMONSTRATIONS = (DEMO_FIT, DEMO_FIT_TASK)  # strategies that minimise the fused NLL of demonstrations' answers
 # The online update's step per byte, chosen on development texts (benchmarks/online.py,
 # docs/results/pack/online/README.md).
 DEFAULT_ONLINE_RATE = 0.03
@@ -202,6 +205,7 @@ def joint_eg(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
 
 
 @WEIGHTINGS.register(DEMO_FIT)
+@WEIGHTINGS.register(DEMO_FIT_TASK)
 def demo_fit(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
     """Beyond the paper: packllm-opt's grid on a problem whose positions are the bytes of labelled
     demonstrations' answers (built by `lmfuse.eval.pack_scorer.PackScorer`; `lmfuse.ensemble.pack.Pack.fit`

@@ -19,6 +19,8 @@ from lmfuse.ensemble.config import DEFAULT_WEIGHTING
 from lmfuse.ensemble.pack import Analysis, Pack
 from lmfuse.ensemble.runs import TextRun, read_examples, read_text
 from lmfuse.ensemble.weighting import (
+    DEMO_FIT,
+    DEMO_FIT_TASK,
     FITS_ON_DEMONSTRATIONS,
     FITS_ON_OBJECTIVE,
     ONLINE,
@@ -31,6 +33,9 @@ from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
 
 Read = tuple[TextRun, list[TextRun]]  # a member's reading of a context and of each continuation after it
+FITTED_ON = {DEMO_FIT: "the answers of the demonstrations in the context",
+             DEMO_FIT_TASK: "the answers of the task's demonstrations, pooled (never an evaluated example)"}
+LEARN_BATCH = 16  # demonstrations read per forward pass by `PackScorer.learn`
 
 
 def last_positions(problem: WeightProblem, n: int) -> WeightProblem:
@@ -72,6 +77,7 @@ class PackScorer:
     reuse_prefix: bool = True  # False re-reads the context for every option (the benchmark's baseline)
     window: int | None = None  # rolling-window tokens for whole texts (default: each member's context)
     _last: list[dict[str, dict[str, float]]] = field(default_factory=list, init=False, repr=False)  # batch_weights
+    _task_weights: torch.Tensor | None = field(default=None, init=False, repr=False)  # demo-fit-task's (`learn`)
 
     def __post_init__(self) -> None:
         for w in self.weightings:
@@ -88,8 +94,7 @@ class PackScorer:
             out[f"pack[{w}]"] = {"members": pack.names, "weighting": w, "fusion": pack.fusion,
                                  "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "largest weight",
                                  "fit_bytes": pack.fit_bytes, "probabilities": "exact byte-level (prefix covering)",
-                                 "weights_fitted_on": "the demonstrations' answers in the context"
-                                 if w in FITS_ON_DEMONSTRATIONS else "the context (prompt) only"}
+                                 "weights_fitted_on": FITTED_ON.get(w, "the context (prompt) only")}
         return out
 
     def _weights(self, a: Analysis, whole: WeightProblem | None = None,
@@ -100,15 +105,60 @@ class PackScorer:
         problem: WeightProblem | None = None
         out = {}
         for name in self.weightings:
+            if name == DEMO_FIT_TASK:
+                if self._task_weights is None:
+                    raise InputError(self._needs_shots())
+                out[f"pack[{name}]"] = self._task_weights
+                continue
             if name in FITS_ON_OBJECTIVE and problem is None and len(self.pack.members) > 1:
                 problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
             out[f"pack[{name}]"] = self.pack.fit(a, name, demos if name in FITS_ON_DEMONSTRATIONS else problem)[0]
         return out
 
+    def learn(self, demonstrations: Sequence[tuple[str, str]]) -> None:
+        """``demo-fit-task``'s weights for the task about to be scored, fitted on the answers of its solved
+        examples, each read after its question (`lmfuse.eval.scorer.LearnsFromDemonstrations`)."""
+        self._task_weights = None
+        if DEMO_FIT_TASK not in self.weightings:
+            return
+        if not demonstrations:
+            raise InputError(self._needs_shots())
+        problems = []
+        for b in range(0, len(demonstrations), LEARN_BATCH):
+            examples, per_member = self._read([(c, [a]) for c, a in demonstrations[b : b + LEARN_BATCH]])
+            for j, (context, (answer,)) in enumerate(examples):
+                text = context + answer
+                runs = [_joined(reads[j][0], reads[j][1][0], len(context)) for reads in per_member]
+                problems.append(self.pack.byte_problem(text, runs, (len(context.encode("utf-8")),
+                                                                    len(text.encode("utf-8"))), torch.zeros(len(runs))))
+        problem = joined_problems(problems)
+        base = Analysis("", [], problem.nll, 0.0)
+        self._task_weights = self.pack.fit(base, DEMO_FIT_TASK, problem)[0]
+
+    def _read(self, requests: Sequence[tuple[str, Sequence[str]]]) -> tuple[list[tuple[str, list[str]]], list[list[Read]]]:
+        """The examples as the members read them (context, continuations), and each member's reading of each
+        example that has continuations: two batched passes per member, the members at the same time."""
+        # Context and continuations are tokenized apart (one boundary for every member), so spaces ending
+        # the context ("A: ") move to the continuations: read alone they would be a stray token that no
+        # tokenizer produces before a word. A final newline stays: tokenizers end a line there (Qwen's
+        # ":\n" is one token). `MemberScorer` draws the same line, so the members' columns agree with
+        # evaluating each member alone.
+        examples = []
+        for context, continuations in requests:
+            stripped = context.rstrip(HORIZONTAL_SPACE)
+            examples.append((stripped, [context[len(stripped):] + c for c in continuations]))
+        scored = [e for e in examples if e[1]]
+        done = self.pack.workers.run({k: partial(read_examples, m, scored, self.reuse_prefix)
+                                      for k, m in enumerate(self.pack.members)})
+        for value in done.values():
+            if isinstance(value, BaseException):
+                raise value
+        return examples, [cast(list[Read], done[k]) for k in range(len(self.pack.members))]
+
     def _demonstrations(self, a: Analysis, answers: Sequence[tuple[int, int]]) -> WeightProblem | None:
         """The fused-NLL problem of the demonstrations' answers in the analysed context (character
         ``answers`` spans), each byte given everything before it; None when no strategy fits on it."""
-        if not any(name in FITS_ON_DEMONSTRATIONS for name in self.weightings):
+        if DEMO_FIT not in self.weightings:
             return None
         if not answers:
             raise InputError(self._needs_shots())
@@ -120,8 +170,8 @@ class PackScorer:
         return next(n for n in self.weightings if n in FITS_ON_DEMONSTRATIONS)
 
     def _needs_shots(self) -> str:
-        return (f"weighting {self._demo_weighting()!r} fits the members' weights on the answers of solved demonstrations in the "
-                "context, and this example has none: evaluate multiple-choice tasks with --shots K (K >= 1)")
+        return (f"weighting {self._demo_weighting()!r} fits the members' weights on the answers of solved "
+                "demonstrations, and there are none: evaluate multiple-choice tasks with --shots K (K >= 1)")
 
     def _explained(self, weights: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
         """``{system: {member: weight}}`` as `last_weights` reports them."""
@@ -144,30 +194,14 @@ class PackScorer:
         """`loglikelihood` of several examples: each member reads all of them in two batched passes
         (`lmfuse.ensemble.runs.read_examples`), the members at the same time (`Pack.workers`). ``answers``:
         the demonstrations' answer spans in each context, which ``demo-fit`` fits the weights on."""
-        pack = self.pack
         if answers is None:
             answers = [[] for _ in requests]
         if len(answers) != len(requests):
             raise InputError(f"{len(answers)} lists of demonstration answers for {len(requests)} examples")
-        # Context and continuations are tokenized apart (one boundary for every member), so spaces ending
-        # the context ("A: ") move to the continuations: read alone they would be a stray token that no
-        # tokenizer produces before a word. A final newline stays: tokenizers end a line there (Qwen's
-        # ":\n" is one token). `MemberScorer` draws the same line, so the members' columns agree with
-        # evaluating each member alone.
-        examples = []
-        for context, continuations in requests:
-            stripped = context.rstrip(HORIZONTAL_SPACE)
-            examples.append((stripped, [context[len(stripped):] + c for c in continuations]))
-        # An answer that ran into the stripped spaces keeps the part still in the context.
+        examples, per_member = self._read(requests)
+        # An answer that ran into the context's stripped spaces keeps the part still in the context.
         spans = [[(a, min(e, len(context))) for a, e in demo_answers if a < len(context)]
                  for (context, _), demo_answers in zip(examples, answers, strict=True)]
-        scored = [e for e in examples if e[1]]
-        done = pack.workers.run({k: partial(read_examples, m, scored, self.reuse_prefix)
-                                 for k, m in enumerate(pack.members)})
-        for value in done.values():
-            if isinstance(value, BaseException):
-                raise value
-        per_member = [cast(list[Read], done[k]) for k in range(len(pack.members))]
         out: list[dict[str, list[float]]] = []
         explained: list[dict[str, dict[str, float]]] = []
         j = 0
@@ -196,14 +230,12 @@ class PackScorer:
             a = pack.analyse(context, [ctx for ctx, _ in reads])
             weights = self._weights(a, demos=self._demonstrations(a, answers))
         else:  # no context to weigh members on: weights as the strategy says without NLLs
-            if any(n in FITS_ON_DEMONSTRATIONS for n in self.weightings):
-                raise InputError(self._needs_shots())
-            fitted = [n for n in self.weightings if n in FITS_ON_OBJECTIVE]
+            fitted = [n for n in self.weightings if n in (*FITS_ON_OBJECTIVE, DEMO_FIT)]
             if fitted and len(pack.members) > 1:
                 raise InputError(f"the context is empty, and {fitted[0]} fits the members' weights on the context; "
                                  "give a context, or use uniform, fixed, top1 or packllm-sim")
             base = Analysis(context, [], torch.zeros(len(pack.members)), 0.0)
-            weights = {f"pack[{n}]": pack.fit(base, n, WeightProblem(nll=base.nll))[0] for n in self.weightings}
+            weights = self._weights(base)
         for name in weights:
             result[name] = []
         start = len(context.encode("utf-8"))

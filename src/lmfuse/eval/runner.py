@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,13 +22,16 @@ from tqdm.auto import tqdm
 from lmfuse import atomic
 from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.eval import metrics
-from lmfuse.eval.scorer import ExplainsWeights, Scorer
-from lmfuse.eval.tasks import MCTask, Task, TextTask, describe_examples, load_task
+from lmfuse.eval.scorer import ExplainsWeights, LearnsFromDemonstrations, Scorer
+from lmfuse.eval.tasks import MCExample, MCTask, Task, TextTask, describe_examples, load_task
 
 if TYPE_CHECKING:
     from lmfuse.eval.sources import DataDir
 
 WEIGHT_KEY = "weight:"
+# demo-fit-task's labelled examples per task: enough answers to fit 3 weights on, few enough that reading
+# them costs less than scoring the task.
+POOLED_DEMONSTRATIONS = 64
 
 
 @dataclass
@@ -224,13 +228,16 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
     for i, ex in enumerate(examples):
         groups.setdefault(ex.group, []).append(i)
     systems = scorer.systems()
+    shown = {i: metrics.shot_indices(groups[examples[i].group], i, shots, seed) for i in indices}
+    if isinstance(scorer, LearnsFromDemonstrations):
+        scorer.learn(pooled_demonstrations(examples, shown, seed))
     per: dict[str, dict[str, list[float]]] = {s: {"correct": [], "correct_norm": []} for s in systems}
     with tqdm(total=len(indices), desc=task.name, unit="ex", leave=False) as bar:
         for b in range(0, len(indices), batch_size):
             batch = [examples[i] for i in indices[b : b + batch_size]]
             requests, answers = [], []
             for i, ex in zip(indices[b : b + batch_size], batch, strict=True):
-                demos = [examples[j].demo() for j in metrics.shot_indices(groups[ex.group], i, shots, seed)]
+                demos = [examples[j].demo() for j in shown[i]]
                 context, spans = metrics.kshot_context(ex.task_prefix, demos, ex.query, ex.separator)
                 cut = len(context) - len(context.lstrip())
                 requests.append((context[cut:], ex.options))
@@ -258,6 +265,22 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
         indices=indices, chance=metrics.chance_level(describe_examples(chosen)),
         metrics=summary, per_example=per, seconds=0.0,
     )
+
+
+def pooled_demonstrations(examples: Sequence[MCExample], shown: dict[int, list[int]],
+                          seed: int) -> list[tuple[str, str]]:
+    """The task's labelled demonstrations for ``demo-fit-task``: the examples the k-shot prompts show
+    (``shown``: evaluated example -> its demonstrations), never an evaluated one, at most
+    ``POOLED_DEMONSTRATIONS`` drawn with ``seed``; each as ``(question, correct answer)``."""
+    pool = sorted({j for js in shown.values() for j in js} - set(shown))
+    if len(pool) > POOLED_DEMONSTRATIONS:
+        pool = sorted(random.Random(seed).sample(pool, POOLED_DEMONSTRATIONS))
+    out = []
+    for j in pool:
+        query, answer = examples[j].demo()
+        context = examples[j].task_prefix + query
+        out.append((context.lstrip(), answer))
+    return out
 
 
 def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int, fit_on: str) -> TaskResult:

@@ -57,3 +57,14 @@ class ExplainsWeights(Protocol):
     def batch_weights(self) -> list[dict[str, dict[str, float]]]:
         """`last_weights` of each example of the last ``loglikelihood_many`` call, in order."""
         ...
+
+
+@runtime_checkable
+class LearnsFromDemonstrations(Protocol):
+    """A scorer with a strategy fitted once per task on labelled examples (a pack's ``demo-fit-task``)."""
+
+    def learn(self, demonstrations: Sequence[tuple[str, str]]) -> None:
+        """Fit the task-level weights on solved examples of the task about to be scored, each ``(context,
+        answer)``: its question and correct answer, the answer read after the question as an option is. The
+        runner calls it before every multiple-choice task (with none when it has no demonstrations)."""
+        ...
