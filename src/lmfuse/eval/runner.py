@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 WEIGHT_KEY = "weight:"
 # demo-fit-task's labelled examples per task: enough answers to fit 3 weights on, few enough that reading
 # them costs less than scoring the task.
-POOLED_DEMONSTRATIONS = 64
+POOLED_DEMONSTRATIONS = 32
 
 
 @dataclass
