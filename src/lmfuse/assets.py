@@ -35,7 +35,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from lmfuse.errors import CorruptFileError, LmfuseError
-from lmfuse.models.paths import lmfuse_home
+from lmfuse.paths import lmfuse_home
 
 MARKER = "lmfuse-complete.json"
 _CHUNK = 1 << 20

@@ -10,7 +10,8 @@ from gguf_fixtures import write_gguf_of_architecture, write_tiny_llama_gguf
 
 from lmfuse.cli.main import main
 from lmfuse.errors import ModelLoadError
-from lmfuse.models.load import gguf_causal_architectures, load_member
+from lmfuse.models.gguf import gguf_causal_architectures
+from lmfuse.models.load import load_member
 from lmfuse.models.member import Member
 
 

@@ -31,8 +31,8 @@ from lmfuse.assets import (
     read_marker,
     step,
 )
-from lmfuse.errors import ModelLoadError, one_line
-from lmfuse.models.paths import lmfuse_home
+from lmfuse.errors import ModelLoadError
+from lmfuse.paths import lmfuse_home
 from lmfuse.registry import UnknownNameError, suggest
 
 CACHE_DTYPES = ("bfloat16", "float32")
@@ -255,18 +255,12 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = DEFAULT_CACHE_DTYPE) ->
     weights are copied into a fresh model built from the same config without its quantisation_config.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from lmfuse.models.load import check_gguf_architecture, resolve_dtype
+    from lmfuse.models.dtypes import resolve_dtype
+    from lmfuse.models.gguf import load_gguf
 
-    arch = check_gguf_architecture(gguf)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"could not load GGUF {str(gguf)!r} (architecture {arch!r}): {one_line(exc)}"
-        ) from None
+    tok, model = load_gguf(gguf, torch.float32)
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         delattr(cfg, "quantization_config")
