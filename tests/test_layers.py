@@ -41,8 +41,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 TOP = "__init__"  # lmfuse/__init__.py: the public API, above every layer
 FORWARD_KEYWORDS = {"input_ids", "inputs_embeds"}
 
-# Named exceptions to the rules, each with the reason it stands. Empty: every rule holds everywhere.
-ALLOWED: set[tuple[str, str]] = set()
+# Named exceptions: (importing module, imported module or "forward") -> why it stands and what ends it. Each
+# one is an import edge the checks skip; keep this short and remove entries as they are fixed.
+_RECIPE_VALIDATES = ("fuse/recipe.py's validate() imports the stage registries to check a recipe's names, and "
+                     "those modules import recipe's config types; the typed-recipe refactor (one recipe per "
+                     "method) owns recipe.py and moves each check beside its stage")
+ALLOWED: dict[tuple[str, str], str] = {
+    ("lmfuse.fuse.recipe", "lmfuse.fuse.members"): _RECIPE_VALIDATES,
+    ("lmfuse.fuse.recipe", "lmfuse.fuse.rewards"): _RECIPE_VALIDATES,
+    ("lmfuse.fuse.recipe", "lmfuse.fuse.schedule"): _RECIPE_VALIDATES,
+}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -137,7 +145,8 @@ def cycles(root: Path) -> list[str]:
     graph = {name: sorted({t for t, _ in imported(tree, set(mods)) if t in mods and t != name})
              for name, tree in mods.items()}
     # A package's __init__ is imported on the way to any of its modules; it is not a dependency of them.
-    graph = {name: [t for t in deps if not name.startswith(t + ".")] for name, deps in graph.items()}
+    graph = {name: [t for t in deps if not name.startswith(t + ".") and (name, t) not in ALLOWED]
+             for name, deps in graph.items()}
     state: dict[str, int] = {}
     found = []
 

@@ -1,0 +1,43 @@
+"""What a loaded evaluation task is: multiple-choice examples, or a text in chunks (`lmfuse.eval.tasks` loads
+them; `lmfuse.eval.sources`, `formats` and `mcsets` build them from their data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MCExample:
+    """One multiple-choice example. ``query`` ends where the answer begins; ``options`` are the
+    continuations scored; ``correct`` holds the indices of the options counted as right."""
+
+    query: str
+    options: tuple[str, ...]
+    correct: tuple[int, ...]
+    task_prefix: str = ""
+    separator: str = "\n"
+    group: str = ""  # subtask name; demonstrations are drawn from the same group
+
+    def demo(self) -> str:
+        return self.query + self.options[self.correct[0]]
+
+
+@dataclass(frozen=True)
+class MCTask:
+    name: str
+    source: str
+    examples: list[MCExample]
+    kind: str = field(default="mc", init=False)
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """A text corpus for bits per byte, split into chunks that together are exactly the text."""
+
+    name: str
+    source: str
+    chunks: list[str]
+    kind: str = field(default="text", init=False)
+
+
+Task = MCTask | TextTask
