@@ -460,11 +460,6 @@ def shakespeare_dir() -> Path:
     return fetch_data(SHAKESPEARE)
 
 
-def gsm8k_dir() -> Path:
-    """``lmfuse_home()/data/gsm8k`` holding ``test.jsonl`` (fields ``question``, ``answer``)."""
-    return fetch_data(GSM8K)
-
-
 def llamacpp_vocab_dir() -> Path:
     """``lmfuse_home()/vocabs``: ``ggml-vocab-*.gguf`` with ``.gguf.inp``/``.gguf.out`` oracles."""
     return fetch_data(LLAMACPP_VOCABS)

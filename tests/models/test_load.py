@@ -13,6 +13,7 @@ from lmfuse.errors import ModelLoadError
 from lmfuse.models.gguf import gguf_causal_architectures
 from lmfuse.models.load import load_member
 from lmfuse.models.member import Member
+from lmfuse.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_supported_architectures_cover_the_default_pack() -> None:
 
 
 def test_unknown_dtype_lists_valid_ones(tiny_gguf: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"unknown dtype 'float8'; valid: float32, bfloat16"):
+    with pytest.raises(UnknownNameError, match=r"unknown dtype 'float8'\. Did you mean .*'float16'.*Valid: bfloat16, float16, float32"):
         load_member(tiny_gguf, dtype="float8")
 
 

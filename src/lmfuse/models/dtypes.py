@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmfuse.errors import ModelLoadError
+from lmfuse.registry import check_choice
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -12,6 +12,4 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[check_choice(dtype, list(DTYPES), "dtype")]

