@@ -23,19 +23,25 @@ class MCExample:
 
 
 @dataclass(frozen=True)
-class MCTask:
+class Named:
+    """What every task has: its name (as given, ``kind:argument``) and where its data was read from."""
+
     name: str
     source: str
+
+
+@dataclass(frozen=True)
+class MCTask(Named):
+    """Multiple-choice examples, scored by accuracy."""
+
     examples: list[MCExample]
     kind: str = field(default="mc", init=False)
 
 
 @dataclass(frozen=True)
-class TextTask:
+class TextTask(Named):
     """A text corpus for bits per byte, split into chunks that together are exactly the text."""
 
-    name: str
-    source: str
     chunks: list[str]
     kind: str = field(default="text", init=False)
 
