@@ -28,7 +28,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from lmfuse.alignment import BYTE, NORMAL, align_dtw, align_offsets, build_vocab_map, token_table
-from lmfuse.models.paths import lmfuse_home
+from lmfuse.paths import lmfuse_home
 
 NAMES = ("smollm2", "qwen-coder", "gemma3")
 

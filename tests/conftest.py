@@ -65,7 +65,7 @@ def toy_members(tokenizers3: dict[str, Any]) -> dict[str, Member]:
 
 def real_home() -> Path | None:
     """The cache holding the real default pack, or None when it was never fetched."""
-    from lmfuse.models.paths import lmfuse_home
+    from lmfuse.paths import lmfuse_home
 
     home = Path(REAL_HOME).expanduser() if REAL_HOME else lmfuse_home()
     return home if (home / "zoo").is_dir() else None

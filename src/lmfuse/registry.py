@@ -7,7 +7,7 @@ error that lists the valid names and suggests the closest ones.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from lmfuse.errors import LmfuseError
@@ -28,6 +28,14 @@ def suggest(name: str, valid: list[str] | tuple[str, ...], what: str) -> str:
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown {what} {name!r}.{hint} Valid: {', '.join(sorted(valid))}."
+
+
+def check_choice(value: str, valid: Sequence[str], what: str) -> str:
+    """``value`` when it is one of ``valid`` (a fixed set of names with nothing to register), else the error a
+    registry raises for an unknown name, with "did you mean"."""
+    if value not in valid:
+        raise UnknownNameError(suggest(value, list(valid), what))
+    return value
 
 
 class Registry(Generic[T]):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lmfuse.alignment import BYTE, NORMAL, SPECIAL, build_vocab_map, surface_index
-from lmfuse.models.paths import lmfuse_home
+from lmfuse.paths import lmfuse_home
 
 PAIRS = [("bytebpe", "sentencepiece"), ("sentencepiece", "bytebpe"), ("bytebpe", "wordpiece"),
          ("wordpiece", "sentencepiece")]

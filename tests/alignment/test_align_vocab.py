@@ -13,7 +13,7 @@ from rapidfuzz.distance import Levenshtein
 
 from lmfuse.alignment import BYTE, NORMAL, build_vocab_map, identity_map
 from lmfuse.alignment.vocab import METHODS, VocabMap, nearest_by_edit_distance
-from lmfuse.models.paths import lmfuse_home
+from lmfuse.paths import lmfuse_home
 from lmfuse.registry import UnknownNameError
 
 PAIRS = [(a, b) for a in ("bytebpe", "sentencepiece", "wordpiece") for b in ("bytebpe", "sentencepiece", "wordpiece")]

@@ -10,8 +10,10 @@ from gguf_fixtures import write_gguf_of_architecture, write_tiny_llama_gguf
 
 from lmfuse.cli.main import main
 from lmfuse.errors import ModelLoadError
-from lmfuse.models.load import gguf_causal_architectures, load_member
+from lmfuse.models.gguf import gguf_causal_architectures
+from lmfuse.models.load import load_member
 from lmfuse.models.member import Member
+from lmfuse.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_supported_architectures_cover_the_default_pack() -> None:
 
 
 def test_unknown_dtype_lists_valid_ones(tiny_gguf: Path) -> None:
-    with pytest.raises(ModelLoadError, match=r"unknown dtype 'float8'; valid: float32, bfloat16"):
+    with pytest.raises(UnknownNameError, match=r"unknown dtype 'float8'\. Did you mean .*'float16'.*Valid: bfloat16, float16, float32"):
         load_member(tiny_gguf, dtype="float8")
 
 

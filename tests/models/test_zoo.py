@@ -181,7 +181,7 @@ def test_interrupted_conversion_leaves_no_half_model(tiny: tuple[zoo.ZooModel, F
 
 
 def test_unknown_cache_dtype_is_refused(tiny: tuple[zoo.ZooModel, FakeIndex]) -> None:
-    with pytest.raises(ModelLoadError, match=r"unknown cache dtype 'int8'; valid: bfloat16, float32"):
+    with pytest.raises(UnknownNameError, match=r"unknown cache dtype 'int8'\. Valid: bfloat16, float32"):
         zoo.fetch("tiny", dtype="int8", downloader=tiny[1])
 
 

@@ -38,7 +38,6 @@ import numpy as np
 from lmfuse.errors import TokenizerError
 
 NORMAL, BYTE, SPECIAL, UNUSED = 0, 1, 2, 3
-KIND_NAMES = {NORMAL: "normal", BYTE: "byte", SPECIAL: "special", UNUSED: "unused"}
 ROLES = ("bos", "eos", "pad", "unk")
 FAMILIES = ("bytebpe", "sentencepiece", "wordpiece", "char")
 

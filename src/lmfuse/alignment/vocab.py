@@ -323,7 +323,7 @@ def _pad(arr: np.ndarray, width: int, fill: Any) -> np.ndarray:
 
 
 def _cache_file(src: TokenTable, tgt: TokenTable, method: str, src_width: int, tgt_width: int) -> Any:
-    from lmfuse.models.paths import lmfuse_home  # a path helper only; no transformers import
+    from lmfuse.paths import lmfuse_home  # a path helper only; no transformers import
 
     key = f"v{CACHE_VERSION}-{src.content_hash}-{tgt.content_hash}-{method}-{src_width}-{tgt_width}"
     return lmfuse_home() / "vocab-maps" / f"{key}.npz"

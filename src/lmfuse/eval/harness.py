@@ -190,11 +190,11 @@ def _load(model: str | None, pack: str | None, dtype: str) -> list[Member]:
     if pack is not None and model is not None:
         raise InputError("give model=NAME+NAME... or pack=default, not both")
     if pack is not None:
-        if pack != "default":
-            raise InputError(f"unknown pack {pack!r}; valid: default")
         from lmfuse.models import zoo
+        from lmfuse.registry import check_choice
 
-        names = list(zoo.ZOO)
+        check_choice(pack, ["default"], "pack")
+        names = list(zoo.DEFAULT_PACK)
     elif model:
         names = [n for n in str(model).split("+") if n]
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmfuse.errors import TaskError
-from lmfuse.eval.tasks import MCExample, MCTask
+from lmfuse.eval.taskdata import MCExample, MCTask
 from lmfuse.registry import Registry, suggest
 
 Record = dict[str, Any]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmfuse.errors import TaskError, one_line
-from lmfuse.eval.tasks import MCTask
+from lmfuse.eval.taskdata import MCTask
 
 ENV = "LMFUSE_DATA_DIR"
 PRECEDENCE = (

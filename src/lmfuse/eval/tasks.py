@@ -46,19 +46,19 @@ import random
 import re
 import sys
 import sysconfig
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lmfuse.errors import InputError, TaskError
-from lmfuse.registry import suggest
+from lmfuse.eval import sources
+from lmfuse.eval.sources import DataDir
+from lmfuse.eval.taskdata import MCExample, MCTask, Task, TextTask
+from lmfuse.registry import Registry, UnknownNameError, suggest
 
-if TYPE_CHECKING:
-    from lmfuse.eval.sources import DataDir
-
-KINDS = ("mc", "bigbench", "bbh", "hf", "jsonl", "shakespeare", "stdlib", "text")
-DATA_KINDS = ("mc", "bigbench", "bbh", "hf")  # resolved through lmfuse.eval.sources
+__all__ = ["SUITES", "TASK_KINDS", "MCExample", "MCTask", "Task", "TextTask", "Where", "check_task_name", "expand",
+           "load_task"]
 
 BBH8 = (
     "causal_judgment",
@@ -97,44 +97,6 @@ SUITES: dict[str, tuple[str, ...]] = {
 CHUNK_CHARS = 2000  # text tasks are scored in chunks of about this many characters (see split_chunks)
 
 
-@dataclass(frozen=True)
-class MCExample:
-    """One multiple-choice example. ``query`` ends where the answer begins; ``options`` are the
-    continuations scored; ``correct`` holds the indices of the options counted as right."""
-
-    query: str
-    options: tuple[str, ...]
-    correct: tuple[int, ...]
-    task_prefix: str = ""
-    separator: str = "\n"
-    group: str = ""  # subtask name; demonstrations are drawn from the same group
-
-    def demo(self) -> tuple[str, str]:
-        """This example as a solved demonstration: its query and its (first) correct option."""
-        return self.query, self.options[self.correct[0]]
-
-
-@dataclass(frozen=True)
-class MCTask:
-    name: str
-    source: str
-    examples: list[MCExample]
-    kind: str = field(default="mc", init=False)
-
-
-@dataclass(frozen=True)
-class TextTask:
-    """A text corpus for bits per byte, split into chunks that together are exactly the text."""
-
-    name: str
-    source: str
-    chunks: list[str]
-    kind: str = field(default="text", init=False)
-
-
-Task = MCTask | TextTask
-
-
 # ---------------------------------------------------------------------------------------------
 # Names
 
@@ -154,57 +116,123 @@ def expand(tasks: Iterable[str] = (), suites: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where task data is read from: ``--data-dir`` (`lmfuse.eval.sources`), or fixed roots that tests give."""
+
+    data_dir: DataDir | None = None
+    bigbench_root: Path | None = None
+    shakespeare_root: Path | None = None
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One ``kind:`` of task name. ``load(spec, argument, where)`` reads the task; ``check`` fails early (with
+    "did you mean") on an argument that names nothing, without downloading anything."""
+
+    load: Callable[[str, str, Where], Task]
+    check: Callable[[str, str, Where], None]
+
+
+TASK_KINDS: Registry[TaskKind] = Registry("task kind")
+
+
+def _no_check(spec: str, arg: str, where: Where) -> None:
+    """Kinds whose argument is a file or id: only reading it can tell."""
+
+
+def task_kind(name: str, check: Callable[[str, str, Where], None] = _no_check) -> Callable[
+        [Callable[[str, str, Where], Task]], Callable[[str, str, Where], Task]]:
+    """Register the decorated function as the loader of ``name:`` tasks."""
+    def add(load: Callable[[str, str, Where], Task]) -> Callable[[str, str, Where], Task]:
+        TASK_KINDS.register(name)(TaskKind(load, check))
+        return load
+
+    return add
+
+
 def split_spec(spec: str) -> tuple[str, str]:
     """``KIND:ARGUMENT`` -> (kind, argument); an unknown kind gets "did you mean"."""
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
-        raise TaskError(f"task {spec!r} has no kind; write KIND:NAME with KIND one of {', '.join(KINDS)}")
-    if kind not in KINDS:
-        raise TaskError(suggest(kind, list(KINDS), "task kind") + f" (in task {spec!r})")
+        raise TaskError(f"task {spec!r} has no kind; write KIND:NAME with KIND one of {', '.join(TASK_KINDS)}")
+    try:
+        TASK_KINDS.get(kind)
+    except UnknownNameError as exc:
+        raise TaskError(f"{exc} (in task {spec!r})") from None
     return kind, arg
 
 
 def check_task_name(spec: str, data_dir: DataDir | None = None) -> None:
     """Fail on a task name that exists nowhere (with "did you mean"), before anything is downloaded."""
-    from lmfuse.eval import sources
-
     kind, arg = split_spec(spec)
-    if kind in DATA_KINDS:
-        sources.check_name(kind, arg, data_dir)
-    elif kind == "stdlib":
-        stdlib_path(_parse_slice(spec, arg)[0])
+    TASK_KINDS.get(kind).check(spec, arg, Where(data_dir))
 
 
 def load_task(spec: str, bigbench_root: Path | None = None, shakespeare_root: Path | None = None,
               data_dir: DataDir | None = None) -> Task:
     """Load one task by name (see the module docstring); unknown names get "did you mean". A task whose
     data no source can provide raises `lmfuse.eval.sources.TaskUnavailableError`."""
-    from lmfuse.eval import sources
-
     kind, arg = split_spec(spec)
-    if kind == "bigbench":
-        if bigbench_root is None:
-            bigbench_root, where = sources.bigbench_root(arg, data_dir)
-            task = load_bigbench(arg, root=bigbench_root)
-            return MCTask(name=task.name, source=f"{task.source} ({where})", examples=task.examples)
-        return load_bigbench(arg, root=bigbench_root)
-    if kind == "bbh":
-        return sources.load_bbh(arg, data_dir)
-    if kind == "mc":
-        return sources.load_mc(arg)
-    if kind == "hf":
-        return sources.load_hf(arg)
-    if kind == "jsonl":
-        return load_jsonl(Path(arg).expanduser())
-    arg, window = _parse_slice(spec, arg)
-    if kind == "shakespeare":
-        path = shakespeare_path(arg, root=shakespeare_root)
-    elif kind == "stdlib":
-        path = stdlib_path(arg)
-    else:
-        path = Path(arg).expanduser()
-        if not path.is_file():
-            raise TaskError(f"text file {arg!r} does not exist (task {spec!r})")
+    return TASK_KINDS.get(kind).load(spec, arg, Where(data_dir, bigbench_root, shakespeare_root))
+
+
+def _check_data(spec: str, arg: str, where: Where) -> None:
+    """Data kinds: the names `lmfuse.eval.sources` knows of (served packages, ``--data-dir``)."""
+    sources.check_name(spec.partition(":")[0], arg, where.data_dir)
+
+
+@task_kind("mc", check=_check_data)
+def _load_mc(spec: str, arg: str, where: Where) -> Task:
+    return sources.load_mc(arg)
+
+
+@task_kind("bigbench", check=_check_data)
+def _load_bigbench(spec: str, arg: str, where: Where) -> Task:
+    if where.bigbench_root is not None:
+        return load_bigbench(arg, root=where.bigbench_root)
+    root, found = sources.bigbench_root(arg, where.data_dir)
+    task = load_bigbench(arg, root=root)
+    return MCTask(name=task.name, source=f"{task.source} ({found})", examples=task.examples)
+
+
+@task_kind("bbh", check=_check_data)
+def _load_bbh(spec: str, arg: str, where: Where) -> Task:
+    return sources.load_bbh(arg, where.data_dir)
+
+
+@task_kind("hf", check=_check_data)
+def _load_hf(spec: str, arg: str, where: Where) -> Task:
+    return sources.load_hf(arg)
+
+
+@task_kind("jsonl")
+def _load_jsonl(spec: str, arg: str, where: Where) -> Task:
+    return load_jsonl(Path(arg).expanduser())
+
+
+@task_kind("shakespeare")
+def _load_shakespeare(spec: str, arg: str, where: Where) -> Task:
+    play, window = _parse_slice(spec, arg)
+    return text_task(spec, shakespeare_path(play, root=where.shakespeare_root), window)
+
+
+def _check_stdlib(spec: str, arg: str, where: Where) -> None:
+    stdlib_path(_parse_slice(spec, arg)[0])
+
+
+@task_kind("stdlib", check=_check_stdlib)
+def _load_stdlib(spec: str, arg: str, where: Where) -> Task:
+    name, window = _parse_slice(spec, arg)
+    return text_task(spec, stdlib_path(name), window)
+
+
+@task_kind("text")
+def _load_text(spec: str, arg: str, where: Where) -> Task:
+    name, window = _parse_slice(spec, arg)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise TaskError(f"text file {name!r} does not exist (task {spec!r})")
     return text_task(spec, path, window)
 
 

@@ -5,7 +5,7 @@ shard_index`` (as extraction). Each shard is one JSON file written atomically (`
 a shard that exists is complete and a killed run resumes at the first missing one; ``config.json``
 refuses a resume with other settings or another tokenizer, and the manifest (written last) records the decoding settings.
 
-Decoding: batched, left-padded (``Member.model.generate``), greedy or sampled. Sampling in shard s runs
+Decoding: batched, left-padded (``Member.generate``), greedy or sampled. Sampling in shard s runs
 under the seed ``seed + s`` (the global RNG is restored afterwards), so a shard's responses do not depend
 on which shards ran before it in this process — resumed and uninterrupted runs draw the same responses.
 A reply stops at the member's end-of-turn token or EOS (``instruct.stop_ids``) and, in the plain format,
@@ -72,7 +72,7 @@ def generate_member(member: Member, prompts: Sequence[str], out_dir: Path, cfg: 
 def generate_rows(member: Member, prompts: Sequence[str], cfg: GenerateConfig, templated: bool,
                   seed: int) -> list[tuple[str, int, bool]]:
     """``(reply, generated tokens, stopped)`` for each prompt, batched (order kept)."""
-    tok, model = member.tokenizer, member.model
+    tok = member.tokenizer
     stops = stop_ids(tok, templated)
     encs = [[member.prefix_token_id, *member.encode(p).ids] for p in prompts]
     limit = member.context_length - cfg.max_new_tokens
@@ -89,33 +89,14 @@ def generate_rows(member: Member, prompts: Sequence[str], cfg: GenerateConfig, t
         torch.manual_seed(seed)
         for b in range(0, len(order), cfg.batch_size):
             rows = order[b : b + cfg.batch_size]
-            new = _generate_batch(model, [encs[i] for i in rows], member.pad_token_id, stops, cfg, member.device)
+            new = member.generate([encs[i] for i in rows], cfg.max_new_tokens, stops, do_sample=cfg.do_sample,
+                                  temperature=cfg.temperature, top_p=cfg.top_p)
             for i, ids in zip(rows, new, strict=True):
                 cut = next((j for j, t in enumerate(ids) if t in stops), None)
                 kept = ids if cut is None else ids[:cut]
                 text = tok.decode(kept, skip_special_tokens=True)
                 out[i] = (cut_reply(text, templated), len(kept), cut is not None)
     return [x for x in out if x is not None]
-
-
-@torch.inference_mode()
-def _generate_batch(model: Any, batch: list[list[int]], pad: int, stops: list[int], cfg: GenerateConfig,
-                    device: torch.device) -> list[list[int]]:
-    """New token ids of each left-padded row ``[B][<= max_new_tokens]``."""
-    longest = max(len(s) for s in batch)
-    ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for r, seq in enumerate(batch):
-        ids[r, longest - len(seq):] = torch.as_tensor(seq)
-        mask[r, longest - len(seq):] = 1
-    kwargs: dict[str, Any] = {"do_sample": cfg.do_sample, "max_new_tokens": cfg.max_new_tokens,
-                              "eos_token_id": stops, "pad_token_id": pad}
-    if cfg.do_sample:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-    else:  # unset the model's own sampling defaults: greedy is greedy
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    return [row.tolist() for row in out[:, longest:].cpu()]
 
 
 def read_generations(out_dir: Path, prompts: Sequence[str]) -> list[str]:

@@ -93,35 +93,12 @@ def chrf(spec: RewardSpec) -> Reward:
 
 @REWARDS.register("reward-model")
 def reward_model(spec: RewardSpec) -> Reward:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from lmfuse.models.reward import RewardModel
 
-    from lmfuse.fuse.instruct import chat_template
+    judge = RewardModel.load(_reward_model_dir(spec))
 
-    path = _reward_model_dir(spec)
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    template = chat_template(tok, "auto")
-
-    @torch.inference_mode()
     def score(prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
-        out: list[np.ndarray] = []
-        for b in range(0, len(prompts), spec.batch_size):
-            ps, rs = list(prompts[b : b + spec.batch_size]), list(responses[b : b + spec.batch_size])
-            if template is not None:
-                texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
-                                                 tokenize=False) for p, r in zip(ps, rs, strict=True)]
-                enc = tok(texts, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt",
-                          add_special_tokens=False)
-            else:
-                enc = tok(ps, rs, truncation=True, max_length=spec.max_length, padding=True, return_tensors="pt")
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
-            value = logits[:, 0] if logits.shape[-1] == 1 else torch.log_softmax(logits, dim=-1)[:, -1]
-            out.append(value.cpu().numpy().astype(np.float64))
-        return np.concatenate(out) if out else np.zeros(0, np.float64)
+        return judge.score(prompts, responses, spec.batch_size, spec.max_length)
 
     return score
 

