@@ -186,12 +186,12 @@ def test_finished_stages_are_skipped(prepared) -> None:  # type: ignore[no-untyp
 
 
 def test_token_level_min_ce_picks_the_best_aligned_candidate_per_token(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from lmfuse.fuse.combine import combine
+    from lmfuse.fuse.combine import CombineConfig, combine
 
     out = prepared.out
     names = ["bytebpe", "sentencepiece", "wordpiece"]
     fused_dir = combine([out / "align" / n for n in names], out / "extract/bytebpe", tmp_path / "tok",
-                        function="min-ce", granularity="token", progress=False)
+                        CombineConfig(function="min-ce", granularity="token"), progress=False)
     fused = store.read_shard(fused_dir / "shard-00000.safetensors")
     als = [store.read_shard(out / f"align/{n}/shard-00000.safetensors") for n in names]
     scores = np.stack([np.where(a.tokens["aligned"] > 0, a.tokens["score"].astype(np.float32), np.inf) for a in als])
