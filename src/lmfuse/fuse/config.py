@@ -55,7 +55,7 @@ def section(cls: type[T]) -> type[T]:
 @dataclass(frozen=True)
 class OneOf:
     """A string field's valid values: a registry's names (read when checked, so late registrations
-    count) or a fixed tuple. An unknown value is an ``UnknownNameError`` with "did you mean"."""
+    count) or a fixed tuple. An unknown value is an ``UnknownChoiceError`` with "did you mean"."""
 
     valid: Iterable[str]
     what: str = ""
