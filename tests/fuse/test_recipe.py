@@ -178,4 +178,17 @@ def test_schema_lists_both_methods_and_every_choice(capsys: pytest.CaptureFixtur
     target = defs["FuseLLMRecipe"]["properties"]["target"]["anyOf"]
     assert {"type": "string"}.items() <= target[0].items()  # `target: toy:bytebpe` is valid too
     assert set(defs["FuseLLMRecipe"]["required"]) == {"name", "output_dir", "target", "data"}
+    assert set(defs["ProFuserRecipe"]["required"]) == {"name", "output_dir", "target", "data", "method"}
     assert main(["fuse", "validate"]) == 2  # every other action needs a recipe
+
+
+def test_the_shipped_schema_is_current_and_every_recipe_points_to_it() -> None:
+    """recipes/recipe.schema.json is what `lmfuse fuse schema` prints (regenerate it after changing a section)."""
+    import json
+
+    from lmfuse.fuse.recipe import recipe_schema
+
+    shipped = json.loads((RECIPES[0].parent / "recipe.schema.json").read_text())
+    assert shipped == recipe_schema(), "run: lmfuse fuse schema > recipes/recipe.schema.json"
+    for path in RECIPES:
+        assert path.read_text().startswith("# yaml-language-server: $schema=recipe.schema.json\n"), path.name

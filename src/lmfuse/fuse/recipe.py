@@ -323,4 +323,6 @@ def recipe_schema() -> dict[str, Any]:
     """The JSON schema of a recipe (either method), for editors (``lmfuse fuse schema``)."""
     schema: dict[str, Any] = TypeAdapter(FuseRecipe).json_schema()
     schema["title"] = "lmfuse fuse recipe"
+    # Without `method` a recipe is FuseLLM's (recipe_from_dict): only a FuseLLM recipe may leave it out.
+    schema["$defs"]["ProFuserRecipe"]["required"].append("method")
     return schema
