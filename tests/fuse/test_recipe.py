@@ -63,6 +63,12 @@ def test_overrides_and_member_shorthand(tmp_path: Path) -> None:
     assert to_dict(recipe)["sources"][0]["model"] == "toy:wordpiece"
 
 
+def test_an_override_inside_a_shorthand_reward_expands_it(tmp_path: Path) -> None:
+    text = BASE.replace("data: {path: c.txt}", "method: profuser\ndata: {path: c.jsonl, format: instruct}")
+    recipe = load_recipe(_write(tmp_path, text + "rewards: [chrf, exact-match]\n"), ["rewards.1.batch_size=2"])
+    assert [(r.name, r.batch_size) for r in recipe.rewards] == [("chrf", 8), ("exact-match", 2)]  # type: ignore[union-attr]
+
+
 def test_duplicate_member_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unique"):
         load_recipe(_write(tmp_path, BASE.replace("[toy:wordpiece]", "[toy:bytebpe]")))

@@ -303,8 +303,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             if last:
                 node[idx] = value
             else:
-                if isinstance(node[idx], str):
-                    node[idx] = {"model": node[idx]}
+                if isinstance(node[idx], str):  # a shorthand entry: expand it to set one of its keys
+                    node[idx] = {"name" if parts[i - 1] == "rewards" else "model": node[idx]}
                 node = node[idx]
         else:
             if last:
