@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from lmfuse.fuse import store
-from lmfuse.fuse.align import Aligner, align_shard
 from lmfuse.fuse.corpus import chunk_text
 from lmfuse.fuse.extract import extract_rows
 from lmfuse.fuse.members import resolve_member
 from lmfuse.fuse.recipe import MemberSpec
+from lmfuse.fuse.transfer import Aligner, align_shard
 from lmfuse.models.member import Member
 
 TOY = {"toy": "toy:sentencepiece:llama:0", "toy-src": "toy:bytebpe:gpt2:1"}

@@ -79,10 +79,10 @@ def evaluate(model: str, recipe: Any, held_out: int, max_new_tokens: int) -> dic
     """Per-example response NLL (nats), response bytes and exact match of one model."""
     import torch
 
-    from lmfuse.fuse.generate import generate_rows
     from lmfuse.fuse.instruct import chat_template, load_examples, render_prompt
     from lmfuse.fuse.members import resolve_member
     from lmfuse.fuse.recipe import GenerateConfig
+    from lmfuse.fuse.replies import generate_rows
     from lmfuse.fuse.rewards import final_answer
 
     data = recipe.data

@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmfuse.fuse.combine import CombineConfig
 from lmfuse.fuse.pipeline import Run
-from lmfuse.fuse.recipe import CombineConfig, DataConfig, ExtractConfig, FuseRecipe, MemberSpec, TrainConfig
+from lmfuse.fuse.recipe import DataConfig, ExtractConfig, FuseLLMRecipe, MemberSpec, TrainConfig
 from lmfuse.models.member import Member
 from lmfuse.models.toy import toy_corpus
 
 
 @dataclass
 class Prepared:
-    recipe: FuseRecipe
-    run: Run
+    recipe: FuseLLMRecipe
+    run: Run[FuseLLMRecipe]
     members: dict[str, Member]
     source_state: dict[str, dict[str, torch.Tensor]]
 
@@ -26,9 +27,9 @@ class Prepared:
         return self.recipe.out
 
 
-def tiny_recipe(out: Path, corpus: Path, **train: object) -> FuseRecipe:
+def tiny_recipe(out: Path, corpus: Path, **train: object) -> FuseLLMRecipe:
     # Target bytebpe (a GPT-2 with dropout, so exact resume needs the RNG state too).
-    return FuseRecipe(
+    return FuseLLMRecipe(
         name="test", output_dir=str(out),
         target=MemberSpec("toy:bytebpe:gpt2:0", name="bytebpe"),
         sources=(MemberSpec("toy:sentencepiece:llama:1", name="sentencepiece"),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lmfuse.fuse.combine import FUSIONS, fusion_weights, merge_duplicates, mix_topk
+from lmfuse.fuse.combine import COMBINE_FUNCTIONS, fusion_weights, merge_duplicates, mix_topk
 from lmfuse.fuse.losses import dense_soft_ce, densify, fuse_loss
 from lmfuse.registry import UnknownNameError
 
@@ -43,7 +43,7 @@ def test_non_candidates_get_no_weight() -> None:
 
 def test_unknown_fusion_function_suggests() -> None:
     with pytest.raises(UnknownNameError, match="min-ce"):
-        FUSIONS.get("minc-e")
+        COMBINE_FUNCTIONS.get("minc-e")
 
 
 def test_merge_duplicates_logsumexp() -> None:

@@ -186,12 +186,12 @@ def test_finished_stages_are_skipped(prepared) -> None:  # type: ignore[no-untyp
 
 
 def test_token_level_min_ce_picks_the_best_aligned_candidate_per_token(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from lmfuse.fuse.combine import combine
+    from lmfuse.fuse.combine import CombineConfig, combine
 
     out = prepared.out
     names = ["bytebpe", "sentencepiece", "wordpiece"]
     fused_dir = combine([out / "align" / n for n in names], out / "extract/bytebpe", tmp_path / "tok",
-                        function="min-ce", granularity="token", progress=False)
+                        CombineConfig(function="min-ce", granularity="token"), progress=False)
     fused = store.read_shard(fused_dir / "shard-00000.safetensors")
     als = [store.read_shard(out / f"align/{n}/shard-00000.safetensors") for n in names]
     scores = np.stack([np.where(a.tokens["aligned"] > 0, a.tokens["score"].astype(np.float32), np.inf) for a in als])
@@ -201,3 +201,66 @@ def test_token_level_min_ce_picks_the_best_aligned_candidate_per_token(prepared,
     for t, m in enumerate(best):  # the same support (order can differ where fp16 log-probs tie)
         assert sorted(set(got[t][got[t] >= 0])) == sorted(set(cand_ids[m][t][cand_ids[m][t] >= 0])), t
     assert len(set(best.tolist())) > 1  # the choice really varies from token to token
+
+
+class FakeState:
+    """accelerate's process state as one process of a 2-process launch sees it."""
+
+    def __init__(self, main: bool) -> None:
+        self.is_main_process = main
+        self.num_processes, self.process_index = 2, 0 if main else 1
+        self.device = torch.device("cpu")
+        self.barriers = 0
+
+    def wait_for_everyone(self) -> None:
+        self.barriers += 1
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_main_only_stages_and_start_up_run_on_the_main_process(prepared, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                               main: bool) -> None:
+    """align and combine (and the start-up checks and writes) run on the main process only; every process
+    passes the same barriers, one before each stage and one at the end."""
+    from lmfuse.fuse import dist, stages
+    from lmfuse.fuse.pipeline import Run
+
+    state = FakeState(main)
+    monkeypatch.setattr(dist, "process_state", lambda: state)
+    ran: list[str] = []
+    monkeypatch.setattr(stages, "align", lambda run, views: ran.append("align"))
+    monkeypatch.setattr(stages, "combine", lambda run, views: ran.append("combine"))
+    resolved = prepared.out / "recipe.resolved.yaml"
+    stamp = resolved.stat().st_mtime_ns
+    Run(prepared.recipe, members=prepared.members, progress=False).run(("align", "combine"))
+    assert ran == (["align", "combine"] if main else [])
+    assert state.barriers == 4 + 1  # one per FuseLLM stage, one at the end
+    assert (resolved.stat().st_mtime_ns != stamp) == main
+
+
+def test_a_single_stage_from_the_cli_checks_the_settings_like_a_run(prepared, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from lmfuse.cli.main import main
+    from lmfuse.fuse.recipe import to_dict
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(to_dict(prepared.recipe)))
+    assert main(["fuse", "combine", str(path), "--quiet"]) == 0  # finished: skipped
+    assert "fused model" not in capsys.readouterr().out  # no model was trained
+    assert main(["fuse", "combine", str(path), "--quiet", "--set", "extract.top_k=99"]) == 2
+    assert "extract.top_k: 6 then, 99 now" in capsys.readouterr().err
+
+
+def test_settings_a_recipe_type_does_not_have_do_not_block_a_resume(prepared) -> None:  # type: ignore[no-untyped-def]
+    """A resolved FuseLLM recipe written before the recipe types were split holds ProFuser's sections too."""
+    import yaml
+
+    resolved = prepared.out / "recipe.resolved.yaml"
+    before = resolved.read_text()
+    old = yaml.safe_load(before)
+    old.update(generate={"max_new_tokens": 256}, rewards=[{"name": "chrf"}], vote="majority",
+               schedule={"name": "two-stage"})
+    resolved.write_text(yaml.safe_dump(old, sort_keys=False))
+    prepared.run.run(("extract", "align", "combine"))
+    assert resolved.read_text() == before

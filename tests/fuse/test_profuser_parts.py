@@ -9,18 +9,17 @@ import pytest
 import torch
 
 from lmfuse.errors import InputError
-from lmfuse.fuse.recipe import RewardSpec, ScheduleConfig
 from lmfuse.fuse.rewards import (
     REWARDS,
     VOTES,
+    RewardSpec,
     borda,
     build_rewards,
-    check_reward,
     final_answer,
     mean_z_vote,
     vote,
 )
-from lmfuse.fuse.schedule import SCHEDULES, mode_weights
+from lmfuse.fuse.schedule import SCHEDULES, ScheduleConfig, mode_weights
 from lmfuse.registry import UnknownNameError
 
 CFG = ScheduleConfig(switch=0.5, late_weight=0.1)
@@ -86,9 +85,9 @@ def test_exact_match_and_chrf_score_against_the_reference() -> None:
 def test_unknown_reward_suggests_and_reward_model_needs_a_path() -> None:
     assert set(REWARDS.names()) >= {"exact-match", "chrf", "reward-model"}
     with pytest.raises(UnknownNameError, match="Did you mean 'exact-match'"):
-        check_reward(RewardSpec("exact_match"))
+        RewardSpec("exact_match")
     with pytest.raises(InputError, match="needs `model:`"):
-        check_reward(RewardSpec("reward-model"))
+        RewardSpec("reward-model")
     with pytest.raises(InputError, match=r"no config\.json"):
         build_rewards([RewardSpec("reward-model", model="/nonexistent")])
 

@@ -122,8 +122,7 @@ def test_generation_resumes_after_a_crash_to_the_same_replies(tmp_path: Path, mo
             "generate.max_new_tokens=8", "data.limit=6"]
     with _in_repo():
         straight = Run(load_recipe(RECIPE, [*sets, f"output_dir={tmp_path / 'a'}"]), progress=False)
-        straight.generate()
-        straight.reward()
+        straight.run(("generate", "reward"))
         crashed = Run(load_recipe(RECIPE, [*sets, f"output_dir={tmp_path / 'b'}"]), progress=False,
                       members=straight._members)
         real_write = store.write_json
@@ -138,15 +137,14 @@ def test_generation_resumes_after_a_crash_to_the_same_replies(tmp_path: Path, mo
 
         monkeypatch.setattr(store, "write_json", kill_on_second_shard)
         with pytest.raises(KeyboardInterrupt):
-            crashed.generate()
+            crashed.run(("generate",))
         monkeypatch.setattr(store, "write_json", real_write)
         first = tmp_path / "b/generate/target"
         assert not store.stage_done(first) and [p.name for p in first.glob("shard-*")] == ["shard-00000.json"]
         stamp = (first / "shard-00000.json").stat().st_mtime_ns
         # A new run, as after a restart: members rebuilt from their specs, resumes at the first missing shard.
         resumed = Run(load_recipe(RECIPE, [*sets, f"output_dir={tmp_path / 'b'}"]), progress=False)
-        resumed.generate()
-        resumed.reward()
+        resumed.run(("generate", "reward"))
     assert (first / "shard-00000.json").stat().st_mtime_ns == stamp
     for name in CANDIDATES:
         a, b = tmp_path / "a/generate" / name, tmp_path / "b/generate" / name
@@ -160,7 +158,7 @@ def test_generation_resumes_after_a_crash_to_the_same_replies(tmp_path: Path, mo
     with _in_repo():
         other = Run(load_recipe(RECIPE, [*sets, "generate.seed=7", f"output_dir={tmp_path / 'c'}"]), progress=False,
                     members=straight._members)
-        other.generate()
+        other.run(("generate",))
     assert _replies(tmp_path / "c", "target") != _replies(tmp_path / "a", "target")
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmfuse.fuse.recipe import ScheduleConfig
-from lmfuse.fuse.schedule import mode_weights
+from lmfuse.fuse.schedule import ScheduleConfig, mode_weights
 from lmfuse.fuse.train import FusedRow, load_fused, train
 from lmfuse.models.load import load_member
 

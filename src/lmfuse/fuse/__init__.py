@@ -1,7 +1,8 @@
-"""Training-time knowledge fusion (FuseLLM): extract -> align -> combine -> train, resumable.
+"""Training-time knowledge fusion: FuseLLM and ProFuser, resumable stage by stage.
 
-Public entry points: ``load_recipe`` / ``Run`` (the whole pipeline), and the stage functions
-``extract_member``, ``align_source``, ``combine``, ``train`` for pipelines that reuse them.
+Public entry points: ``load_recipe`` (a typed ``FuseRecipe``: ``FuseLLMRecipe`` or ``ProFuserRecipe``) and
+``lmfuse.fuse.pipeline.Run`` (a recipe's stages), and the stage functions ``extract_member``,
+``align_source``, ``combine``, ``train`` for pipelines that reuse them.
 """
 
 from lmfuse.fuse.recipe import FuseRecipe, load_recipe

@@ -5,7 +5,7 @@ Each candidate gets a *score* (lower is better) and a registered fusion function
 weights; the teacher is the weighted mixture of the candidates' top-k distributions, each first
 renormalised over its k entries (the reference's softmax over the top-10 logits at T = 1).
 
-Fusion functions (``FUSIONS``), ``scores [M, ...] -> weights [M, ...]`` over the candidate axis 0:
+Fusion functions (``COMBINE_FUNCTIONS``; the recipe's ``combine.function``), ``scores [M, ...] -> weights [M, ...]`` over the candidate axis 0:
 
 * ``min-ce`` (the paper's MinCE): weight 1 on the lowest score; **ties go to the lowest index**, i.e.
   the target. Scores are compared in float32 (the reference uses bf16, which turns gaps below ~0.4 %
@@ -28,35 +28,51 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from lmfuse.errors import CorruptFileError, InputError
+from lmfuse.errors import CorruptFileError
 from lmfuse.fuse import store
+from lmfuse.fuse.config import OneOf, section
+from lmfuse.fuse.sharded import sharded_stage
 from lmfuse.registry import Registry
 
 FusionFn = Callable[[torch.Tensor], torch.Tensor]
-FUSIONS: Registry[FusionFn] = Registry("fusion function")
+COMBINE_FUNCTIONS: Registry[FusionFn] = Registry("fusion function")
 GRANULARITIES = ("sequence", "token")
 CE_NORMS = ("byte", "token")
 
 
-@FUSIONS.register("min-ce")
+@section
+class CombineConfig:
+    """The recipe's ``combine`` section."""
+
+    function: Annotated[str, OneOf(COMBINE_FUNCTIONS)] = "min-ce"
+    """Fusion function: ``min-ce``, ``avg-ce`` (the reference's nearly uniform weights) or ``softmax-ce``."""
+    granularity: Annotated[str, OneOf(GRANULARITIES, "fusion granularity")] = "sequence"
+    """``sequence`` (the paper) or ``token``."""
+    ce_norm: Annotated[str, OneOf(CE_NORMS, "CE normalisation")] = "byte"
+    """How sequence CEs are compared: ``byte`` (nats per UTF-8 byte) or ``token`` (the reference)."""
+    include_target: bool = True
+    """The target is a candidate too (the paper's ref model)."""
+
+
+@COMBINE_FUNCTIONS.register("min-ce")
 def min_ce(scores: torch.Tensor) -> torch.Tensor:
     """One-hot weights ``[M, ...]`` on the lowest score; ties go to the first candidate (the target)."""
     best = torch.argmin(scores, dim=0, keepdim=True)  # argmin returns the first of equal minima
     return torch.zeros_like(scores).scatter_(0, best, 1.0)
 
 
-@FUSIONS.register("avg-ce")
+@COMBINE_FUNCTIONS.register("avg-ce")
 def avg_ce(scores: torch.Tensor) -> torch.Tensor:
     """The reference AvgCE: ``softmax(exp(-CE))`` over candidates (nearly uniform; kept for fidelity)."""
     return torch.softmax(torch.exp(-scores), dim=0)
 
 
-@FUSIONS.register("softmax-ce")
+@COMBINE_FUNCTIONS.register("softmax-ce")
 def softmax_ce(scores: torch.Tensor) -> torch.Tensor:
     """``softmax(-CE)`` over candidates: a weighting that follows the CE gaps."""
     return torch.softmax(-scores, dim=0)
@@ -68,7 +84,7 @@ def fusion_weights(name: str, scores: torch.Tensor) -> torch.Tensor:
     Non-finite scores (NaN, or +inf for a candidate that has nothing at a token) mark non-candidates:
     they get weight 0. Where no candidate is left, the first one (the target) gets weight 1.
     """
-    fn = FUSIONS.get(name)
+    fn = COMBINE_FUNCTIONS.get(name)
     scores = scores.float()
     valid = torch.isfinite(scores)
     big = torch.finfo(torch.float32).max / 4
@@ -181,28 +197,20 @@ def fuse_shard(cands: list[store.Shard], target: store.Shard, function: str, gra
     return store.Shard.from_rows(rows, tokens, meta, dtypes)
 
 
-def combine(cand_dirs: list[Path], target_dir: Path, out_dir: Path, function: str = "min-ce",
-            granularity: str = "sequence", ce_norm: str = "byte", progress: bool = True) -> Path:
+def combine(cand_dirs: list[Path], target_dir: Path, out_dir: Path, cfg: CombineConfig,
+            progress: bool = True) -> Path:
     """Fuse the aligned candidates (target first) shard by shard into ``out_dir`` (resumable)."""
-    FUSIONS.get(function)  # fail early on an unknown name, with suggestions
-    if granularity not in GRANULARITIES:
-        raise InputError(f"unknown fusion granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
-    if ce_norm not in CE_NORMS:
-        raise InputError(f"unknown CE normalisation {ce_norm!r}; valid: {', '.join(CE_NORMS)}")
     tgt_man = store.read_json(target_dir / "manifest.json")
-    config = {"stage": "combine", "candidates": [str(p.name) for p in cand_dirs], "function": function,
-              "granularity": granularity, "ce_norm": ce_norm, "corpus": tgt_man["corpus"], "format": 1}
-    store.check_config(out_dir, config)
-    n = tgt_man["num_shards"]
+    config = {"stage": "combine", "candidates": [str(p.name) for p in cand_dirs], "function": cfg.function,
+              "granularity": cfg.granularity, "ce_norm": cfg.ce_norm, "corpus": tgt_man["corpus"], "format": 1}
     width = int(tgt_man["width"])
-    for s in tqdm(range(n), desc=f"combine ({function}, {granularity})", disable=not progress):
-        path = store.shard_path(out_dir, s)
-        if path.is_file():
-            continue
+
+    def make_shard(s: int, path: Path) -> None:
         cands = [store.read_shard(store.shard_path(d, s)) for d in cand_dirs]
         target = store.read_shard(store.shard_path(target_dir, s))
-        store.write_shard(path, fuse_shard(cands, target, function, granularity, ce_norm, width))
-    store.write_json(out_dir / "manifest.json", {**config, "num_shards": n, "width": width,
-                                                 "prefix_token_id": tgt_man["prefix_token_id"],
-                                                 "complete": True})
+        store.write_shard(path, fuse_shard(cands, target, cfg.function, cfg.granularity, cfg.ce_norm, width))
+
+    sharded_stage(out_dir, config, tgt_man["num_shards"], make_shard, desc=f"combine ({cfg.function}, "
+                  f"{cfg.granularity})", progress=progress,
+                  manifest=lambda: {"width": width, "prefix_token_id": tgt_man["prefix_token_id"]})
     return out_dir

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from lmfuse.errors import InputError
 from lmfuse.fuse import store
+from lmfuse.fuse.sharded import sharded_stage
 from lmfuse.models.member import Member, check_finite
 
 
@@ -54,14 +55,6 @@ def corpus_fingerprint(rows: Sequence[str]) -> str:
     for r in rows:
         h.update(store.text_hash(r).to_bytes(8, "little"))
     return h.hexdigest()
-
-
-def process_split() -> tuple[int, int]:
-    """(num_shards, shard_index) of this process under ``accelerate launch`` / torchrun, else (1, 0)."""
-    from lmfuse.fuse.dist import process_state
-
-    state = process_state()
-    return state.num_processes, state.process_index
 
 
 def extract_member(
@@ -80,10 +73,8 @@ def extract_member(
 
     ``contexts`` (one per row): text the member reads before each row, not stored (see the module doc).
 
-    The manifest is written (complete) by whichever process finds every shard present at its end.
+    Shards and the manifest as every stage writes them (``fuse/sharded.py``).
     """
-    if not 0 <= shard_index < num_shards:
-        raise InputError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
     total = math.ceil(len(rows) / rows_per_shard)
@@ -96,19 +87,17 @@ def extract_member(
         if len(contexts) != len(rows):
             raise InputError(f"{len(contexts)} contexts for {len(rows)} rows")
         config["contexts"] = corpus_fingerprint(contexts)
-    store.check_config(out_dir, config)
-    mine = [s for s in range(total) if s % num_shards == shard_index]
-    todo = [s for s in mine if not store.shard_path(out_dir, s).is_file()]
-    bar = tqdm(total=None, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"extract {member.name} ({len(todo)}/{len(mine)} shards to do)")
-    for s in todo:
+    bar = tqdm(total=None, unit="tok", unit_scale=True, disable=not progress, desc=f"extract {member.name}")
+
+    def make_shard(s: int, path: Path) -> None:
         lo, hi = s * rows_per_shard, (s + 1) * rows_per_shard
-        shard = extract_rows(member, rows[lo:hi], first_key=lo, top_k=top_k, batch_size=batch_size, bar=bar,
-                             contexts=None if contexts is None else contexts[lo:hi])
-        store.write_shard(store.shard_path(out_dir, s), shard)
-    bar.close()
-    if all(store.shard_path(out_dir, s).is_file() for s in range(total)):
-        store.write_json(out_dir / "manifest.json", {**config, "num_shards": total, "complete": True})
+        store.write_shard(path, extract_rows(member, rows[lo:hi], first_key=lo, top_k=top_k, batch_size=batch_size,
+                                             bar=bar, contexts=None if contexts is None else contexts[lo:hi]))
+
+    try:
+        sharded_stage(out_dir, config, total, make_shard, split=(num_shards, shard_index))
+    finally:
+        bar.close()
     return out_dir
 
 

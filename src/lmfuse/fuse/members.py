@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lmfuse.errors import InputError
-from lmfuse.fuse.recipe import MemberSpec
-from lmfuse.models.member import Member
+
+if TYPE_CHECKING:  # the recipe checks toy specs with parse_toy: it imports this module
+    from lmfuse.fuse.recipe import MemberSpec
+    from lmfuse.models.member import Member
 
 TOY_PREFIX = "toy:"
 

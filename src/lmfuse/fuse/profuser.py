@@ -1,9 +1,21 @@
-"""ProFuser's own pieces between the shared stages: the reward stage and the paired training examples.
+"""ProFuser, top to bottom (``profuser``), and its own pieces between the shared stages: the generate and
+reward stages, the views, and the paired training examples. Layout under ``output_dir``::
+
+    generate/<candidate>/         each candidate's reply to every prompt (its own chat template)
+    reward/                       every reward's scores, the votes and the winner of each example
+    train-mode/{extract,align,combine}/          the reference responses; MinCE teacher (FuseLLM)
+    infer-mode/<winner>/{extract,align,combine}/ the replies <winner> won; its own top-k as teacher
+    summary.json                  teacher wins per candidate in each mode, mean reward scores, lengths
+    train/model/                  trained on (inference-mode row, training-mode row) pairs
+
+Extraction, alignment and fusion run per view (``fuse/stages.py``) with the unchanged FuseLLM stage
+functions; in the ProFuser views a row is a response and each member reads its own rendered prompt first
+(``fuse/instruct.py``).
 
 Per example (prompt x, reference y) and candidate c (the target when ``combine.include_target``, then
 the sources):
 
-* **inference mode** — c's generated reply ŷ_c (``fuse/generate.py``) is scored by every reward; the
+* **inference mode** — c's generated reply ŷ_c (``fuse/replies.py``) is scored by every reward; the
   vote (``rewards.vote``) picks the winner B. The inference-mode row is ŷ_B in the target's tokens,
   its teacher B's own top-k along ŷ_B (B re-reads prompt + ŷ_B teacher-forced: the FuseLLM extraction),
   aligned to the target's vocabulary. Decoded replies are re-encoded, so B's tokens can differ from
@@ -25,17 +37,127 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lmfuse.errors import CorruptFileError, InputError
-from lmfuse.fuse import store
+from lmfuse.fuse import stages, store
 from lmfuse.fuse.extract import corpus_fingerprint
 from lmfuse.fuse.instruct import Example
-from lmfuse.fuse.recipe import RewardSpec
-from lmfuse.fuse.rewards import VOTES, build_rewards
+from lmfuse.fuse.recipe import MemberSpec, ProFuserRecipe
+from lmfuse.fuse.rewards import VOTES, Reward, RewardSpec, build_rewards
+from lmfuse.fuse.sharded import sharded_stage
+from lmfuse.fuse.stages import View
 from lmfuse.fuse.train import FusedRow
+
+if TYPE_CHECKING:  # fuse/pipeline.py registers this method: it imports this module
+    from lmfuse.fuse.pipeline import Run
+
+STAGES = ("generate", "reward", "extract", "align", "combine", "train")
+
+
+def profuser(run: Run[ProFuserRecipe]) -> Path:
+    """Run the selected stages (``run.stage`` says which, on which process); returns the trained model's path."""
+    if run.stage("generate", every_process=True):
+        generate(run)
+    if run.stage("reward"):
+        reward(run)
+    if run.stage("extract", every_process=True):
+        stages.extract(run, views(run))
+    if run.stage("align"):
+        stages.align(run, views(run))
+    if run.stage("combine"):
+        stages.combine(run, views(run))
+        store.write_json(run.path("summary.json"), mode_summary(run.path("reward"), run.path("train-mode", "combine"),
+                                                                [s.slug for s in run.recipe.candidates]))
+    if run.stage("train", every_process=True):
+        train(run)
+    return run.path("train", "model")
+
+
+def generate(run: Run[ProFuserRecipe]) -> None:
+    """Every candidate answers every prompt; this process takes its share of the shards."""
+    from lmfuse.fuse.replies import generate_member
+
+    processes, index = run.split
+    for spec in run.recipe.candidates:
+        out = run.path("generate", spec.slug)
+        if store.stage_done(out):
+            continue
+        generate_member(run.member(spec), run.prompts(spec), out, run.recipe.generate,
+                        templated=run.template(spec) is not None, num_shards=processes, shard_index=index,
+                        progress=run.progress)
+
+
+def replies(run: Run[ProFuserRecipe]) -> dict[str, list[str]]:
+    """Each candidate's replies (candidate order = the vote's tie-break order)."""
+    from lmfuse.fuse.replies import read_generations
+
+    out = {}
+    for spec in run.recipe.candidates:
+        directory = run.path("generate", spec.slug)
+        stages.require(directory, "generate")
+        out[spec.slug] = read_generations(directory, run.prompts(spec))
+    return out
+
+
+def reward(run: Run[ProFuserRecipe]) -> None:
+    out = run.path("reward")
+    if not store.stage_done(out):
+        judge(run.examples, replies(run), out, run.recipe.rewards, run.recipe.generate.rows_per_shard,
+              progress=run.progress, rule=run.recipe.vote)
+
+
+def winner_keys(run: Run[ProFuserRecipe]) -> dict[MemberSpec, list[int]]:
+    """The examples each candidate won whose reply is not empty (candidates that won none are left out)."""
+    stages.require(run.path("reward"), "reward")
+    winners = read_winners(run.path("reward"), num_examples=len(run.examples))
+    texts = replies(run)
+    keys = {spec: [i for i, w in enumerate(winners) if w == spec.slug and texts[spec.slug][i].strip()]
+            for spec in run.recipe.candidates}
+    return {spec: k for spec, k in keys.items() if k}
+
+
+def views(run: Run[ProFuserRecipe]) -> list[View]:
+    """The training-mode view (the references, every candidate), then one inference-mode view per winner."""
+    recipe = run.recipe
+    members = recipe.members
+    out = [View(run.path("train-mode"), [e.response for e in run.examples], members, recipe.candidates,
+                {m.slug: run.prompts(m) for m in members})]
+    texts = replies(run)
+    for spec, keys in winner_keys(run).items():
+        readers = [recipe.target] if spec.slug == recipe.target.slug else [recipe.target, spec]
+        out.append(View(run.path("infer-mode", spec.slug), [texts[spec.slug][i] for i in keys], readers, [spec],
+                        {m.slug: [run.prompts(m)[i] for i in keys] for m in readers}, keys))
+    return out
+
+
+def train(run: Run[ProFuserRecipe]) -> None:
+    """Pairs (inference-mode row, training-mode row) per example, weighted by the recipe's schedule."""
+    from lmfuse.fuse.instruct import end_of_turn_id
+    from lmfuse.fuse.schedule import mode_weights
+    from lmfuse.fuse.train import load_fused_by_key
+    from lmfuse.fuse.train import train as train_target
+
+    if run.trained():
+        return
+    target = run.recipe.target
+    stages.require(run.path("train-mode", "combine"), "combine")
+    train_rows = load_fused_by_key(run.path("train-mode", "combine"))
+    infer_rows: dict[int, FusedRow] = {}
+    for spec, keys in winner_keys(run).items():
+        directory = run.path("infer-mode", spec.slug, "combine")
+        stages.require(directory, "combine")
+        for r, row in load_fused_by_key(directory).items():
+            infer_rows[keys[r]] = row
+    member = run.target_only()
+    end = end_of_turn_id(member.tokenizer, run.template(target) is not None)
+    contexts = [np.asarray(member.encode(p).ids, dtype=np.int64) for p in run.prompts(target)]
+    examples = [(with_turn(infer_rows.get(i), contexts[i], end), with_turn(train_rows[i], contexts[i], end))
+                for i in range(len(run.examples))]
+    train_target(member, examples, run.path("train"), run.recipe.train, progress=run.progress,
+                 modes=("infer", "train"), weights=mode_weights(run.recipe.schedule))
 
 
 def shard_file(directory: Path, index: int) -> Path:
@@ -57,26 +179,37 @@ def judge(examples: Sequence[Example], replies: dict[str, list[str]], out_dir: P
               "examples": corpus_fingerprint([e.prompt + "\x00" + e.response for e in examples]),
               "replies": {n: corpus_fingerprint(r) for n, r in replies.items()}, "rows_per_shard": rows_per_shard,
               "format": 1}
-    store.check_config(out_dir, config)
     total = math.ceil(len(examples) / rows_per_shard)
-    todo = [s for s in range(total) if not shard_file(out_dir, s).is_file()]
-    rewards = build_rewards(specs) if todo else []
-    for s in tqdm(todo, desc="reward", unit="shard", disable=not progress):
+    built: list[Reward] = []
+
+    def make_shard(s: int, path: Path) -> None:
+        if not built:  # built once, and only when a shard is missing
+            built.extend(build_rewards(specs))
         lo = s * rows_per_shard
         chunk = examples[lo : lo + rows_per_shard]
         prompts, refs = [e.prompt for e in chunk], [e.response for e in chunk]
-        scores = np.zeros((len(rewards), len(chunk), len(names)))  # [R, N, C]
-        for r, fn in enumerate(rewards):
+        scores = np.zeros((len(built), len(chunk), len(names)))  # [R, N, C]
+        for r, fn in enumerate(built):
             for c, name in enumerate(names):
                 scores[r, :, c] = fn(prompts, replies[name][lo : lo + len(chunk)], refs)
         empty = np.array([[not replies[n][lo + i].strip() for n in names] for i in range(len(chunk))])
         scores[:, empty] = np.nan
         votes = [vote(scores[:, i, :]) for i in range(len(chunk))]
-        store.write_json(shard_file(out_dir, s), {
+        store.write_json(path, {
             "key": list(range(lo, lo + len(chunk))), "winner": [names[v.winner] for v in votes],
             "votes": [v.votes.tolist() for v in votes], "mean_z": [_json_floats(v.mean_z) for v in votes],
             "scores": [[_json_floats(per_reward) for per_reward in per_example]
                        for per_example in scores.transpose(1, 0, 2)]})  # [N][R][C]
+
+    sharded_stage(out_dir, config, total, make_shard, shard_file=shard_file, desc="reward", progress=progress,
+                  manifest=lambda: summarise(out_dir, examples, replies, specs, total))
+    return out_dir
+
+
+def summarise(out_dir: Path, examples: Sequence[Example], replies: dict[str, list[str]],
+              specs: Sequence[RewardSpec], total: int) -> dict[str, object]:
+    """The reward manifest's summary: wins per candidate, mean scores, mean lengths of winners and references."""
+    names = list(replies)
     winners = read_winners(out_dir, total, len(examples))
     won = [replies[w][i] for i, w in enumerate(winners)]
     shards = [store.read_json(shard_file(out_dir, s)) for s in range(total)]
@@ -87,8 +220,7 @@ def judge(examples: Sequence[Example], replies: dict[str, list[str]], out_dir: P
                                for r, spec in enumerate(specs)},
                "mean_chars": {"winner": float(np.mean([len(x) for x in won])) if won else 0.0,
                               "reference": float(np.mean([len(e.response) for e in examples])) if examples else 0.0}}
-    store.write_json(out_dir / "manifest.json", {**config, **summary, "num_shards": total, "complete": True})
-    return out_dir
+    return summary
 
 
 def _nanmean(values: np.ndarray) -> float | None:

@@ -1,6 +1,6 @@
 """ProFuser's inference-mode judges: registered rewards and the vote that picks one response per prompt.
 
-A reward is built from its recipe entry (``RewardSpec``) by a registered factory and scores a batch:
+A reward is built from its recipe entry (``RewardSpec``, defined here beside its registry) by a registered factory and scores a batch:
 ``reward(prompts, responses, references) -> float64 [N]`` (higher is better).
 
 ==================  ===================================================================================
@@ -32,16 +32,40 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from lmfuse.errors import InputError
-from lmfuse.fuse.recipe import RewardSpec
+from lmfuse.fuse.config import OneOf, section
 from lmfuse.registry import Registry
 
 Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
-RewardFactory = Callable[[RewardSpec], Reward]
+RewardFactory = Callable[["RewardSpec"], Reward]
 REWARDS: Registry[RewardFactory] = Registry("reward")
+
+
+@section
+class RewardSpec:
+    """One voter of ProFuser's inference mode (an entry of the recipe's ``rewards``; a plain string is the name)."""
+
+    name: Annotated[str, OneOf(REWARDS)]
+    """``exact-match`` (final answer), ``chrf`` (sacrebleu), ``reward-model`` (a sequence classifier)."""
+    model: str = ""
+    """``reward-model``: an HF directory holding an ``AutoModelForSequenceClassification`` and its tokenizer."""
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=1024, ge=1)
+    """``reward-model``: (prompt, response) pairs are truncated to this many tokens."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardSpec:
+        if self.name == "reward-model" and not self.model:
+            raise ValueError(NEEDS_MODEL)
+        return self
+
+
+NEEDS_MODEL = "reward 'reward-model' needs `model:`, an HF directory of a sequence-classification model"
 
 _NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?")
 
@@ -104,26 +128,13 @@ def reward_model(spec: RewardSpec) -> Reward:
 
 
 def _reward_model_dir(spec: RewardSpec) -> Path:
-    if not spec.model:
-        raise InputError("reward 'reward-model' needs `model:`, an HF directory of a sequence-classification model")
     path = Path(spec.model).expanduser()
     if not (path / "config.json").is_file():
         raise InputError(f"reward model {spec.model!r} is not an HF model directory (no config.json)")
     return path
 
 
-def check_reward(spec: RewardSpec) -> None:
-    """Validate a reward entry without loading anything (unknown names suggest the closest)."""
-    REWARDS.get(spec.name)
-    if spec.name == "reward-model" and not spec.model:
-        raise InputError("reward 'reward-model' needs `model:`, an HF directory of a sequence-classification model")
-    if spec.batch_size < 1 or spec.max_length < 1:
-        raise InputError(f"reward {spec.name!r}: batch_size and max_length must be at least 1")
-
-
 def build_rewards(specs: Sequence[RewardSpec]) -> list[Reward]:
-    for spec in specs:
-        check_reward(spec)
     return [REWARDS.get(spec.name)(spec) for spec in specs]
 
 

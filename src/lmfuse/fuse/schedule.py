@@ -21,12 +21,27 @@ A weight of 0 skips that mode's forward pass for the step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
-from lmfuse.fuse.recipe import ScheduleConfig
+from pydantic import Field
+
+from lmfuse.fuse.config import OneOf, section
 from lmfuse.registry import Registry
 
-ScheduleFn = Callable[[int, int, ScheduleConfig], tuple[float, float]]
+ScheduleFn = Callable[[int, int, "ScheduleConfig"], tuple[float, float]]
 SCHEDULES: Registry[ScheduleFn] = Registry("schedule")
+
+
+@section
+class ScheduleConfig:
+    """The recipe's ``schedule`` section (ProFuser): ``(w_infer, w_train)`` as a function of the step."""
+
+    name: Annotated[str, OneOf(SCHEDULES)] = "two-stage"
+    """``two-stage`` (paper), ``linear``, ``simul``, ``reverse``, ``train-only`` (FuseLLM), ``infer-only``."""
+    switch: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Fraction of the optimizer steps spent in the first stage (``two-stage``, ``reverse``)."""
+    late_weight: float = Field(default=0.1, ge=0.0)
+    """Weight kept on the first stage's mode in the second stage (paper: w_infer = 0.1)."""
 
 
 def progress(step: int, total_steps: int) -> float:

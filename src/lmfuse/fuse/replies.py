@@ -1,9 +1,8 @@
 """ProFuser's generation stage: every candidate answers every prompt with its own chat template.
 
-Prompts are split into shards of ``rows_per_shard``; shard s is done by process ``s % num_shards ==
-shard_index`` (as extraction). Each shard is one JSON file written atomically (``store.write_json``), so
-a shard that exists is complete and a killed run resumes at the first missing one; ``config.json``
-refuses a resume with other settings or another tokenizer, and the manifest (written last) records the decoding settings.
+Prompts are split into shards of ``rows_per_shard``, one JSON file each, split over processes and
+resumed as every stage's (``fuse/sharded.py``); ``config.json`` refuses a resume with other settings or
+another tokenizer, and the manifest (written last) records the decoding settings.
 
 Decoding: batched, left-padded (``Member.generate``), greedy or sampled. Sampling in shard s runs
 under the seed ``seed + s`` (the global RNG is restored afterwards), so a shard's responses do not depend
@@ -24,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from lmfuse.errors import InputError
 from lmfuse.fuse import store
 from lmfuse.fuse.extract import corpus_fingerprint
 from lmfuse.fuse.instruct import cut_reply, stop_ids
 from lmfuse.fuse.recipe import GenerateConfig
+from lmfuse.fuse.sharded import sharded_stage
 from lmfuse.models.member import Member
 
 
@@ -46,26 +45,23 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def generate_member(member: Member, prompts: Sequence[str], out_dir: Path, cfg: GenerateConfig,
                     templated: bool, num_shards: int = 1, shard_index: int = 0, progress: bool = True) -> Path:
     """Generate ``member``'s reply to every rendered prompt into ``out_dir`` (resumable). Returns ``out_dir``."""
-    if not 0 <= shard_index < num_shards:
-        raise InputError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
     total = math.ceil(len(prompts) / cfg.rows_per_shard)
     config = {"stage": "generate", "member": member.name, "prompts": corpus_fingerprint(prompts),
               "tokenizer": tokenizer_fingerprint(member.tokenizer),
               "num_rows": len(prompts), "templated": templated, "stop_ids": stop_ids(member.tokenizer, templated),
               **asdict(cfg), "format": 1}
-    store.check_config(out_dir, config)
-    mine = [s for s in range(total) if s % num_shards == shard_index]
-    todo = [s for s in mine if not shard_file(out_dir, s).is_file()]
-    for s in tqdm(todo, desc=f"generate {member.name}", unit="shard", disable=not progress):
+
+    def make_shard(s: int, path: Path) -> None:
         lo = s * cfg.rows_per_shard
         chunk = list(prompts[lo : lo + cfg.rows_per_shard])
         replies = generate_rows(member, chunk, cfg, templated, seed=cfg.seed + s)
-        store.write_json(shard_file(out_dir, s), {
+        store.write_json(path, {
             "key": list(range(lo, lo + len(chunk))), "prompt_hash": [store.text_hash(p) for p in chunk],
             "response": [r[0] for r in replies], "n_tokens": [r[1] for r in replies],
             "stopped": [r[2] for r in replies]})
-    if all(shard_file(out_dir, s).is_file() for s in range(total)):
-        store.write_json(out_dir / "manifest.json", {**config, "num_shards": total, "complete": True})
+
+    sharded_stage(out_dir, config, total, make_shard, shard_file=shard_file, split=(num_shards, shard_index),
+                  desc=f"generate {member.name}", progress=progress)
     return out_dir
 
 

@@ -27,16 +27,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.fuse import store
+from lmfuse.fuse.config import OneOf, section
+from lmfuse.fuse.sharded import sharded_stage
 
+VOCAB_MAPS = ("mined", "exact")
+SEQUENCES = ("offsets", "dtw")
 FALLBACKS = ("one-hot", "mask")
+
+
+@section
+class AlignConfig:
+    """The recipe's ``align`` section."""
+
+    vocab: Annotated[str, OneOf(VOCAB_MAPS, "vocabulary map")] = "mined"
+    """Vocabulary map: ``mined`` (exact, else minimum edit distance; the paper's MinED) or ``exact``."""
+    sequence: Annotated[str, OneOf(SEQUENCES, "sequence alignment")] = "offsets"
+    """Token pairing: ``offsets`` (character offsets, DTW fallback) or ``dtw`` (the reference)."""
+    fallback: Annotated[str, OneOf(FALLBACKS, "alignment fallback")] = "one-hot"
+    """Unaligned target positions: ``one-hot`` on the predicted token, or ``mask`` (no teacher)."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +106,6 @@ def transfer_row(
         ``topk_ids`` ``[T, k]`` int64, ``topk_logp`` ``[T, k]`` float32, ``aligned`` ``[T]`` bool,
         ``score`` ``[T]`` float32 (group NLL per byte).
     """
-    if fallback not in FALLBACKS:
-        raise InputError(f"unknown alignment fallback {fallback!r}; valid: {', '.join(FALLBACKS)}")
     T, k = len(tgt_ids), src_topk_ids.shape[1]
     sizes = groups.d - groups.c
     if int(sizes.sum()) != T:
@@ -133,8 +146,6 @@ class Aligner:
 
     def __init__(self, src_tok: Any, tgt_tok: Any, src_width: int, tgt_width: int, vocab: str = "mined",
                  sequence: str = "offsets") -> None:
-        if sequence not in ("offsets", "dtw"):
-            raise InputError(f"unknown sequence alignment {sequence!r}; valid: offsets, dtw")
         self.identity = _same_vocab(src_tok, tgt_tok)
         self.sequence = sequence
         self.src_tok = src_tok
@@ -214,16 +225,14 @@ def align_source(
     config = {"stage": "align", "source": src_man["member"], "target": tgt_man["member"],
               "corpus": tgt_man["corpus"], "fallback": fallback, "identity": aligner.identity,
               "sequence": aligner.sequence, "num_shards": tgt_man["num_shards"], "format": 1}
-    store.check_config(out_dir, config)
-    n = tgt_man["num_shards"]
-    for s in tqdm(range(n), desc=f"align {src_man['member']} -> {tgt_man['member']}", disable=not progress):
-        path = store.shard_path(out_dir, s)
-        if path.is_file():
-            continue
+
+    def make_shard(s: int, path: Path) -> None:
         src = store.read_shard(store.shard_path(src_dir, s))
         tgt = store.read_shard(store.shard_path(tgt_dir, s))
         store.write_shard(path, align_shard(src, tgt, rows, aligner, tgt_width, fallback))
-    store.write_json(out_dir / "manifest.json", {**config, "complete": True})
+
+    sharded_stage(out_dir, config, tgt_man["num_shards"], make_shard,
+                  desc=f"align {src_man['member']} -> {tgt_man['member']}", progress=progress)
     return out_dir
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmfuse.fuse import store
-from lmfuse.fuse.align import Groups, transfer_row
+from lmfuse.fuse.transfer import Groups, transfer_row
 
 
 def _groups(spans: list[tuple[int, int, int, int]], checked: bool = False) -> Groups:
