@@ -162,7 +162,7 @@ def test_sections_built_in_python_raise_the_same_errors() -> None:
 def test_every_method_has_a_recipe_type_and_a_pipeline() -> None:
     from lmfuse.fuse.pipeline import TRAINING_METHODS
     from lmfuse.fuse.recipe import DTYPES, RECIPE_TYPES
-    from lmfuse.models.load import DTYPES as LOADABLE
+    from lmfuse.models.dtypes import DTYPES as LOADABLE
 
     assert sorted(RECIPE_TYPES) == sorted(TRAINING_METHODS.names()) == ["fusellm", "profuser"]
     assert set(DTYPES) == set(LOADABLE)  # a member's dtype is checked against what the loader accepts

@@ -5,6 +5,8 @@ Public entry points: ``load_recipe`` (a typed ``FuseRecipe``: ``FuseLLMRecipe`` 
 ``align_source``, ``combine``, ``train`` for pipelines that reuse them.
 """
 
+# The training methods register themselves in `lmfuse.fuse.pipeline.TRAINING_METHODS` when imported.
+from lmfuse.fuse import fusellm, profuser  # noqa: F401
 from lmfuse.fuse.recipe import FuseRecipe, load_recipe
 
 __all__ = ["FuseRecipe", "load_recipe"]

@@ -10,14 +10,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lmfuse.fuse import stages
+from lmfuse.fuse.pipeline import TRAINING_METHODS, Run, TrainingMethod
 from lmfuse.fuse.recipe import FuseLLMRecipe
 from lmfuse.fuse.stages import View
-
-if TYPE_CHECKING:  # fuse/pipeline.py registers this method: it imports this module
-    from lmfuse.fuse.pipeline import Run
 
 STAGES = ("extract", "align", "combine", "train")
 
@@ -47,3 +44,6 @@ def train(run: Run[FuseLLMRecipe]) -> None:
         return
     stages.require(run.path("combine"), "combine")
     train_target(run.target_only(), run.path("combine"), run.path("train"), run.recipe.train, progress=run.progress)
+
+
+TRAINING_METHODS.register("fusellm")(TrainingMethod(STAGES, fusellm))

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from lmfuse.errors import InputError
 
-if TYPE_CHECKING:  # the recipe checks toy specs with parse_toy: it imports this module
-    from lmfuse.fuse.recipe import MemberSpec
+if TYPE_CHECKING:
     from lmfuse.models.member import Member
+
+
+class MemberSource(Protocol):
+    """What loading needs of a recipe's member (`lmfuse.fuse.recipe.MemberSpec`, which checks toy specs
+    with `parse_toy`: so this module does not import the recipe)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def slug(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
 
 TOY_PREFIX = "toy:"
 
@@ -32,7 +45,7 @@ def parse_toy(model: str) -> tuple[str, str, int]:
     return family, arch, seed
 
 
-def resolve_member(spec: MemberSpec, device: str = "cpu", dtype: str | None = None) -> Member:
+def resolve_member(spec: MemberSource, device: str = "cpu", dtype: str | None = None) -> Member:
     """``toy:<family>[:<arch>[:<seed>]]`` builds a tiny deterministic member; anything else goes to ``load_member``.
 
     Toy members are rebuilt identically from their spec (same tokenizer, same seeded weights), so

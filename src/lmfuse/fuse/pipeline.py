@@ -24,7 +24,6 @@ import yaml
 
 from lmfuse import atomic
 from lmfuse.errors import InputError
-from lmfuse.fuse import fusellm, profuser
 from lmfuse.fuse.corpus import corpus_rows
 from lmfuse.fuse.instruct import Example
 from lmfuse.fuse.recipe import FuseRecipe, MemberSpec, to_dict
@@ -237,9 +236,9 @@ class TrainingMethod:
     run: Callable[[Run[Any]], Path]
 
 
+# Each method registers itself where it is written (fuse/fusellm.py, fuse/profuser.py), so this module
+# imports none of them; importing `lmfuse.fuse` imports both.
 TRAINING_METHODS: Registry[TrainingMethod] = Registry("training method")
-TRAINING_METHODS.register("fusellm")(TrainingMethod(fusellm.STAGES, fusellm.fusellm))
-TRAINING_METHODS.register("profuser")(TrainingMethod(profuser.STAGES, profuser.profuser))
 
 
 def remove_orphan_temps(out: Path) -> list[Path]:

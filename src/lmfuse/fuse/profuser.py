@@ -37,7 +37,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,14 +44,12 @@ from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.fuse import stages, store
 from lmfuse.fuse.extract import corpus_fingerprint
 from lmfuse.fuse.instruct import Example
+from lmfuse.fuse.pipeline import TRAINING_METHODS, Run, TrainingMethod
 from lmfuse.fuse.recipe import MemberSpec, ProFuserRecipe
 from lmfuse.fuse.rewards import VOTES, Reward, RewardSpec, build_rewards
 from lmfuse.fuse.sharded import sharded_stage
 from lmfuse.fuse.stages import View
 from lmfuse.fuse.train import FusedRow
-
-if TYPE_CHECKING:  # fuse/pipeline.py registers this method: it imports this module
-    from lmfuse.fuse.pipeline import Run
 
 STAGES = ("generate", "reward", "extract", "align", "combine", "train")
 
@@ -279,3 +276,6 @@ def with_turn(row: FusedRow | None, context: np.ndarray, end_id: int | None) -> 
     return FusedRow(np.append(row.ids, end_id).astype(np.int64),
                     np.concatenate([row.topk_ids, np.full((1, k), -1, np.int64)]),
                     np.concatenate([row.topk_logp, np.full((1, k), -np.inf, np.float32)]), context)
+
+
+TRAINING_METHODS.register("profuser")(TrainingMethod(STAGES, profuser))
