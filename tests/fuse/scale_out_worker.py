@@ -2,7 +2,7 @@
 launcher is ``accelerate launch`` with a shipped config, started by test_scale_out.py:
 
     accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 2 --mixed_precision no \
-        tests/fuse/scale_out_worker.py TOY_TARGET FUSED_DIR OUT_DIR TRAIN_JSON
+        tests/fuse/scale_out_worker.py TOY_TARGET FUSED_DIR OUT_DIR TRAIN_JSON [STOP_AFTER_STEP]
 
 accelerate sets up FSDP and DeepSpeed only on accelerators. This script creates the gloo process group
 first (accelerate's CPU path) and then passes accelerate's one device check for the back end the
@@ -16,6 +16,7 @@ compared number for number with a plain one-process run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,10 +51,20 @@ def toy_without_dropout(spec: str) -> Member:
     return member
 
 
-def main(target_spec: str, fused_dir: str, out_dir: str, train_json: str) -> None:
+class Stop(Exception):
+    """Ends the run after a step's checkpoint, as a killed job would (the next launch resumes)."""
+
+
+def main(target_spec: str, fused_dir: str, out_dir: str, train_json: str, stop_after: str = "0") -> None:
     enter_backend()
     target = toy_without_dropout(target_spec)
-    train(target, Path(fused_dir), Path(out_dir), TrainConfig(**json.loads(train_json)), progress=False)
+
+    def stop(step: int, logs: dict[str, float]) -> None:
+        if step == int(stop_after):
+            raise Stop
+
+    with contextlib.suppress(Stop):
+        train(target, Path(fused_dir), Path(out_dir), TrainConfig(**json.loads(train_json)), progress=False, on_step=stop)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def plain_run(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-def run_two_processes(config: Path, fused: Path, out: Path) -> None:
+def run_two_processes(config: Path, fused: Path, out: Path, stop_after: int = 0) -> None:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     if accelerate is None:
         pytest.skip("accelerate's launcher is not installed next to this Python")
@@ -146,7 +146,7 @@ def run_two_processes(config: Path, fused: Path, out: Path) -> None:
         port = sock.getsockname()[1]
     # fp32 on CPU (the configs' bf16 is for GPUs), so that the run can be compared with the plain one exactly.
     cmd = [accelerate, "launch", "--config_file", str(config), "--num_processes", "2", "--mixed_precision", "no",
-           "--main_process_port", str(port), str(WORKER), TARGET, str(fused), str(out), json.dumps(asdict(TWO))]
+           "--main_process_port", str(port), str(WORKER), TARGET, str(fused), str(out), json.dumps(asdict(TWO)), str(stop_after)]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -165,17 +165,24 @@ def assert_same_training(out: Path, plain: Path) -> None:
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.mark.slow  # ~40 s on 2 busy cores
+@pytest.mark.slow  # 25-60 s on 2 busy cores: two launches
 def test_fsdp_on_two_cpu_processes_trains_as_one_plain_process(prepared: Prepared, plain_run: Path,
                                                                 tmp_path: Path) -> None:
+    # Stopped after step 1's checkpoint and launched again: the second launch resumes from the FSDP
+    # checkpoint (model and optimizer state gathered in full, read back with weights_only=True).
+    log = tmp_path / "fsdp/train_log.jsonl"
+    run_two_processes(FSDP, prepared.out / "combine", tmp_path / "fsdp", stop_after=1)
+    first = log.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in first] == [1]
     run_two_processes(FSDP, prepared.out / "combine", tmp_path / "fsdp")
+    assert log.read_text().splitlines()[0] == first[0]  # step 1 not run again (its tokens_per_s would differ)
     assert_same_training(tmp_path / "fsdp", plain_run)
     ckpt = next((tmp_path / "fsdp/checkpoints").glob("step-*"))
     names = {p.name for p in ckpt.iterdir()}
     assert {"pytorch_model_fsdp.bin", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl"} <= names
 
 
-@pytest.mark.slow  # ~35 s on 2 busy cores
+@pytest.mark.slow  # 15-40 s on 2 busy cores
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (optional: pip install deepspeed)")
 def test_deepspeed_zero2_on_two_cpu_processes_trains_as_one_plain_process(prepared: Prepared, plain_run: Path,
                                                                            tmp_path: Path) -> None:
