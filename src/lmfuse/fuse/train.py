@@ -2,7 +2,8 @@
 
 Runs unchanged on 1 CPU process, on several CPU processes over gloo
 (``torchrun --nproc_per_node 2 -m lmfuse.cli.main fuse train recipe.yaml``), or on GPUs with DDP / FSDP /
-DeepSpeed through an ``accelerate`` config (``accelerate launch -m lmfuse.cli.main fuse train recipe.yaml``).
+DeepSpeed ZeRO-2 through an ``accelerate`` config (``accelerate launch --config_file
+configs/accelerate/fsdp.yaml -m lmfuse.cli.main fuse train recipe.yaml``; ``fuse/backends.py``).
 
 Data order is a pure function of the optimizer step: epoch e visits the rows in the permutation
 ``default_rng(seed + e)``; global micro-batch j holds rows ``perm[j*G:(j+1)*G]`` (G = micro-batch
@@ -29,7 +30,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,13 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from lmfuse.fuse.backends import check_backend, fit_deepspeed
     from lmfuse.fuse.dist import use_cpu
 
-    accelerator = Accelerator(cpu=use_cpu())
+    # accelerate counts the micro-batches (``accumulate``): DeepSpeed steps its optimizer inside ``backward``
+    # and must know which micro-batch ends an optimizer step.
+    accelerator = Accelerator(cpu=use_cpu(), gradient_accumulation_steps=cfg.grad_accum)
+    check_backend(accelerator, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     examples = [(r,) for r in load_fused(fused_dir)] if isinstance(fused_dir, Path) else list(fused_dir)
@@ -182,6 +186,7 @@ def train(
     # while warming up, and the last step's cosine factor stays above 0.
     scheduler = cosine_schedule(optimizer, warmup, sched.total_steps + 1)
     scheduler.step()
+    fit_deepspeed(accelerator, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     # The schedule is neither prepared (accelerate's wrapper would step it once per process) nor registered
     # for checkpointing: accelerate reloads registered objects with a full unpickler
@@ -233,8 +238,8 @@ def train(
             # The active modes' rows in one batch: mode m owns rows m_slot*B .. (m_slot+1)*B - 1.
             batch = collate([ex[m] for m in active for ex in chosen], prefix, pad)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            sync = micro == cfg.grad_accum - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
+            # No gradient sync but on the last micro-batch (DDP/FSDP), and DeepSpeed's step there only.
+            with accelerator.accumulate(model):
                 logits = causal_logits(model, batch["input_ids"], batch["attention_mask"])
                 total = logits.new_zeros(())
                 for slot, m in enumerate(active):
@@ -244,7 +249,7 @@ def train(
                     total = total + w[m] * parts.total
                     sums[part_keys[m][0]] += float(parts.clm.detach()) / cfg.grad_accum
                     sums[part_keys[m][1]] += float(parts.fusion.detach()) / cfg.grad_accum
-                accelerator.backward(total / cfg.grad_accum)
+                accelerator.backward(total)  # divided by grad_accum there (by DeepSpeed itself under DeepSpeed)
             sums["loss"] += float(total.detach()) / cfg.grad_accum
             n_tokens += int(batch["attention_mask"].sum())
         # Logged losses are means over processes (each process only saw its share of the rows).
@@ -275,10 +280,13 @@ def train(
     bar.close()
     final = out_dir / "model"
     accelerator.wait_for_everyone()
+    # Every process takes part: under FSDP the weights are gathered from the shards (the main process
+    # alone would wait forever); otherwise this is the unwrapped model's own state dict.
+    state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = out_dir / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_hf_dir(accelerator.unwrap_model(model), target.tokenizer, tmp)
+        save_hf_dir(accelerator.unwrap_model(model), target.tokenizer, tmp, state_dict=state)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     accelerator.wait_for_everyone()

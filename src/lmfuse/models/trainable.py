@@ -34,7 +34,8 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
-def save_hf_dir(model: Any, tokenizer: Any, out_dir: Path) -> None:
-    """Weights (safetensors) and tokenizer as one HF directory that `lmfuse.models.load` reads back."""
-    model.save_pretrained(out_dir)
+def save_hf_dir(model: Any, tokenizer: Any, out_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """Weights (safetensors) and tokenizer as one HF directory that `lmfuse.models.load` reads back;
+    ``state_dict``: the weights gathered from every process when the model is sharded (FSDP, ZeRO)."""
+    model.save_pretrained(out_dir, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
