@@ -152,7 +152,8 @@ def _pooled(tasks: list[TaskResult], system: str, key: str) -> list[float]:
 
 
 def _paired_section(mc: list[TaskResult], systems: list[str]) -> list[str]:
-    """Fused systems against uniform, top-1 and the best member, pooled over tasks, paired by example.
+    """Fused systems against packllm-opt, uniform, top-1 and the best member, pooled over tasks, paired by
+    example.
 
     The paper's claim is a difference between systems scored on the same examples: a paired bootstrap
     of the per-example difference is much tighter than comparing two independent intervals."""
@@ -174,7 +175,7 @@ def _paired_section(mc: list[TaskResult], systems: list[str]) -> list[str]:
         n = sum(len(t.per_example[members[0]]["correct"]) for t in tasks)
         for key in ("correct", "correct_norm"):
             best = max(members, key=lambda m: sum(_pooled(tasks, m, key)))
-            refs = [r for r in ("pack[uniform]", "pack[top1]") if r in systems] + [best]
+            refs = [r for r in ("pack[packllm-opt]", "pack[uniform]", "pack[top1]") if r in systems] + [best]
             names = [f"best member ({best})" if r == best else r for r in refs]
             metric = "acc" if key == "correct" else "acc_norm"
             lines += ["", f"**{metric}, {label}** ({len(tasks)} tasks, {n} examples)", "",
