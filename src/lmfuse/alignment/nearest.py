@@ -38,6 +38,8 @@ _MAX_LEN = (1 << _LEN_BITS) - 1
 _CELLS = 4_000_000  # distance-matrix cells per cdist call (16 MB of int32)
 _BIG_BLOCK = 100_000  # cells above which a cdist call is worth spreading over worker threads
 _NONE = np.iinfo(np.int64).max
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multipliers for the 64-bit string hashes of _within_one
+_TAG = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
 def _lengths(texts: list[str]) -> np.ndarray:
@@ -146,21 +148,54 @@ def _fallback_by_length(clen: np.ndarray) -> np.ndarray:
     return np.where(upto != _NONE, upto, next_longer)
 
 
-def _keys(texts: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(hash, owner) arrays of one family of keys per string: ``full`` (the string), ``del`` (each one-character
-    deletion), ``pos`` (each deletion tagged with its position)."""
-    hashes: list[int] = []
-    owners: list[int] = []
-    for k, t in enumerate(texts):
-        if kind == "full":
-            keys = [hash(t)]
-        elif kind == "del":
-            keys = [hash(t[:i] + t[i + 1:]) for i in range(len(t))]
-        else:
-            keys = [hash((i, t[:i] + t[i + 1:])) for i in range(len(t))]
-        hashes.extend(keys)
-        owners.extend([k] * len(keys))
-    return np.asarray(hashes, dtype=np.int64), np.asarray(owners, dtype=np.int64)
+@dataclass(frozen=True)
+class _DeletionKeys:
+    """64-bit polynomial hashes of strings (code points + 1 as digits, mod 2**64) and of their one-character
+    deletions: ``full[k]`` hashes text k; ``deleted[r]`` hashes text ``owner[r]`` without its character ``pos[r]``.
+    A collision can only make ``_within_one`` verify a wrong winner and leave that query to the exact stage."""
+
+    full: np.ndarray  # int64 [texts]
+    deleted: np.ndarray  # int64 [rows]
+    owner: np.ndarray  # int64 [rows]
+    pos: np.ndarray  # int64 [rows]
+
+    @classmethod
+    def of(cls, texts: list[str]) -> _DeletionKeys:
+        lengths = _lengths(texts)
+        codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        codes = codes.astype(np.uint64) + np.uint64(1)  # no zero digit: "\0a" and "a" hash apart
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        longest = int(lengths.max(initial=0))
+        power = np.ones(longest + 1, dtype=np.uint64)  # power[k] = _BASE ** k
+        power[1:] = np.cumprod(np.full(longest, _BASE, dtype=np.uint64))
+        full = np.zeros(len(texts), dtype=np.uint64)
+        deleted, owner, pos = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for length in np.unique(lengths).tolist():  # one [texts, length] block per length
+            who = np.flatnonzero(lengths == length)
+            digits = codes[starts[who][:, None] + np.arange(length)]
+            prefix = np.zeros((who.size, length + 1), dtype=np.uint64)  # prefix[:, i]: hash of the first i
+            for i in range(length):
+                prefix[:, i + 1] = prefix[:, i] * _BASE + digits[:, i]
+            whole = prefix[:, length]
+            full[who] = whole
+            tail = power[length - 1::-1][:length]  # _BASE ** (length - 1 - i)
+            # without character i: (first i) * B^(length-1-i) + (the rest after i)
+            deleted.append((prefix[:, :-1] * tail + (whole[:, None] - prefix[:, 1:] * tail)).ravel())
+            owner.append(np.repeat(who, length))
+            pos.append(np.tile(np.arange(length, dtype=np.int64), who.size))
+        return cls(full.view(np.int64), np.concatenate(deleted).view(np.int64), np.concatenate(owner),
+                   np.concatenate(pos))
+
+    def whole(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.full, np.arange(self.full.size, dtype=np.int64)
+
+    def deletions(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.deleted, self.owner
+
+    def positional(self) -> tuple[np.ndarray, np.ndarray]:
+        """Deletions tagged with their position (equal keys: the strings differ by one substitution there)."""
+        tagged = self.deleted.view(np.uint64) ^ ((self.pos.astype(np.uint64) + np.uint64(1)) * _TAG)
+        return tagged.view(np.int64), self.owner
 
 
 def _min_rank_by_key(qkeys: tuple[np.ndarray, np.ndarray], ckeys: tuple[np.ndarray, np.ndarray],
@@ -186,23 +221,26 @@ def _within_one(queries: list[str], cands: list[str]) -> tuple[np.ndarray, np.nd
     """Nearest candidate (``cands`` in id order) at Levenshtein distance <= 1, by hash joins; -1 where none.
 
     ed(q, c) <= 1 exactly when q and c agree after deleting the same position (a substitution), or one is the
-    other with one character deleted (an insertion). Every key match is therefore a true match, and each key
-    only needs its first candidate. The winner is verified once, which also rules out hash collisions."""
+    other with one character deleted (an insertion). Every key match is therefore a true match (up to hash
+    collisions), and each key only needs its first candidate. The winner is verified, so a collision only sends
+    its query on to the exact stage."""
     nq = len(queries)
-    same = _min_rank_by_key(_keys(queries, "full"), _keys(cands, "full"), nq)  # distance 0 comes first
+    qk, ck = _DeletionKeys.of(queries), _DeletionKeys.of(cands)
+    same = _min_rank_by_key(qk.whole(), ck.whole(), nq)  # distance 0 comes first
     best = np.minimum.reduce([
-        _min_rank_by_key(_keys(queries, "pos"), _keys(cands, "pos"), nq),
-        _min_rank_by_key(_keys(queries, "del"), _keys(cands, "full"), nq),
-        _min_rank_by_key(_keys(queries, "full"), _keys(cands, "del"), nq),
+        _min_rank_by_key(qk.positional(), ck.positional(), nq),
+        _min_rank_by_key(qk.deletions(), ck.whole(), nq),
+        _min_rank_by_key(qk.whole(), ck.deletions(), nq),
     ])
-    best = np.where(same != _NONE, same, best)
     best_c = np.full(nq, -1, dtype=np.int64)
     best_d = np.full(nq, -1, dtype=np.int32)
-    for q in np.flatnonzero(best != _NONE).tolist():
+    for q in np.flatnonzero(same != _NONE).tolist():
+        if queries[q] == cands[int(same[q])]:
+            best_c[q], best_d[q] = same[q], 0
+    for q in np.flatnonzero((same == _NONE) & (best != _NONE)).tolist():
         c = int(best[q])
-        d = Levenshtein.distance(queries[q], cands[c], score_cutoff=1)
-        if d <= 1:
-            best_c[q], best_d[q] = c, d
+        if Levenshtein.distance(queries[q], cands[c], score_cutoff=1) <= 1:
+            best_c[q], best_d[q] = c, 1
     return best_c, best_d
 
 
