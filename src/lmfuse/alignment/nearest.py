@@ -169,7 +169,9 @@ class _DeletionKeys:
         power = np.ones(longest + 1, dtype=np.uint64)  # power[k] = _BASE ** k
         power[1:] = np.cumprod(np.full(longest, _BASE, dtype=np.uint64))
         full = np.zeros(len(texts), dtype=np.uint64)
-        deleted, owner, pos = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        deleted: list[np.ndarray] = [np.zeros(0, np.uint64)]
+        owner: list[np.ndarray] = [np.zeros(0, np.int64)]
+        pos: list[np.ndarray] = [np.zeros(0, np.int64)]
         for length in np.unique(lengths).tolist():  # one [texts, length] block per length
             who = np.flatnonzero(lengths == length)
             digits = codes[starts[who][:, None] + np.arange(length)]
