@@ -111,14 +111,15 @@ class _Pool:
     empty: np.ndarray
 
 
-def _pool(postings: _Postings, rows: tuple[np.ndarray, np.ndarray], qlen: np.ndarray, bound: np.ndarray,
+def _pool(postings: _Postings, rows: tuple[np.ndarray, np.ndarray], lo: np.ndarray, hi: np.ndarray,
           required: np.ndarray) -> _Pool:
     """Prefix filter: ``required[q]`` of q's features must be shared (``rows``: (query, feature), queries indexed
-    like ``qlen``/``bound``), so the candidates of its ``m - required + 1`` rarest features are compared (m: the
-    features any candidate in the length window holds). ``required <= 0``: every feature (no filter)."""
+    like ``lo``/``hi``, the candidate lengths in reach), so the candidates of its ``m - required + 1`` rarest
+    features are compared (m: the features any candidate in the length window holds). ``required <= 0``: every
+    feature (no filter)."""
     owner, feature = rows
-    n = qlen.size
-    start, end = postings.windows(feature, qlen[owner] - bound[owner], qlen[owner] + bound[owner])
+    n = lo.size
+    start, end = postings.windows(feature, lo[owner], hi[owner])
     count = end - start
     held = count > 0
     owner, start, end, count = owner[held], start[held], end[held], count[held]
@@ -279,6 +280,8 @@ def _filtered_search(queries: list[str], cands: list[str], workers: int) -> tupl
     qlen = _lengths(queries)
     fallback = _fallback_by_length(_lengths(cands))
     chars, bigrams = (_Postings.build(cands, 1), _grams(queries, 1)), (_Postings.build(cands, 2), _grams(queries, 2))
+    # ed(q, c) >= len c - (characters of q that c holds): no candidate longer than d + held is within d
+    held = np.bincount(chars[1][0][np.isin(chars[1][1], chars[0].features)], minlength=n)
     best = np.full(n, _NONE, dtype=np.int64)  # distance * ncands + candidate: the lowest is the nearest
     todo = np.arange(n, dtype=np.int64)
     d = 2
@@ -286,12 +289,13 @@ def _filtered_search(queries: list[str], cands: list[str], workers: int) -> tupl
         found = best[todo] != _NONE
         bound = np.where(found, np.minimum(d, best[todo] // ncands), d)  # a known distance is an exact bound
         lens = qlen[todo]
+        lo, hi = lens - bound, np.minimum(lens + bound, bound + held[todo])
         local = np.full(n, -1, dtype=np.int64)
         local[todo] = np.arange(todo.size)
         pools = []
         for (postings, (owner, feature)), required in ((chars, lens - bound), (bigrams, lens - 1 - 2 * bound)):
             mine = local[owner] >= 0
-            pools.append(_pool(postings, (local[owner[mine]], feature[mine]), lens, bound, required))
+            pools.append(_pool(postings, (local[owner[mine]], feature[mine]), lo, hi, required))
         char_pool, bigram_pool = pools
         no_filter = lens - bound <= 0  # then candidates sharing no character count too: the fallback stands in
         char_size = char_pool.size + no_filter
