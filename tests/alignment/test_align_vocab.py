@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
-from lmfuse.alignment import BYTE, NORMAL, build_vocab_map, identity_map
+from lmfuse.alignment import BYTE, NORMAL, build_vocab_map, identity_map, nearest
 from lmfuse.alignment.nearest import _filtered_search, nearest_by_edit_distance
 from lmfuse.alignment.vocab import METHODS, VocabMap
 from lmfuse.models.paths import lmfuse_home
@@ -147,6 +148,16 @@ def test_filtered_search_alone_equals_brute_force(queries: list[str], cands: lis
     """The gram-filtered stage on its own (every distance, 0 and 1 included, goes through the filters, the
     deepening bound and the fallback); candidates are in id order, so ids are positions."""
     best, dist = _filtered_search(queries, cands, workers=1)
+    got = list(zip(dist.tolist(), best.tolist(), strict=True))
+    assert got == _brute_force(queries, cands, np.arange(len(cands)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(QUERIES, CANDS)
+def test_id_order_scan_stops_only_when_settled(queries: list[str], cands: list[str]) -> None:
+    """With one candidate per scan step, the early stop of the id-order scan is exercised on small inputs."""
+    with mock.patch.object(nearest, "_FIRST_SCAN", 1):
+        best, dist = _filtered_search(queries, cands, workers=1)
     got = list(zip(dist.tolist(), best.tolist(), strict=True))
     assert got == _brute_force(queries, cands, np.arange(len(cands)))
 

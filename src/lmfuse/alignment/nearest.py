@@ -18,7 +18,9 @@ the smallest distance, and among the candidates at that distance the lowest id. 
    Every candidate within d is compared, so a best distance <= d is the global minimum with all its ties present;
    queries whose best is above d retry with a larger d (or with their best found so far, which is then exact).
    When d >= len q no character is required: candidates sharing none are then at distance max(len q, len c),
-   and one *fallback* candidate (the lowest (max(len q, len c), id)) stands for all of them.
+   and one *fallback* candidate (the lowest (max(len q, len c), id)) stands for all of them. A query that needs
+   to share at most one character, and that a previous pass proved is not nearer than d, scans its length
+   window in id order instead and stops at the first candidate at distance d (usually a short, low-id token).
 
 A gram is a (string, k) feature: "the k-th occurrence of this character (bigram)", so counting shared features
 counts the multiset intersection.
@@ -36,6 +38,7 @@ _COUNT_BITS = 16  # feature = gram code << 16 | occurrence number (strings are s
 _LEN_BITS = 20  # posting key = feature index << 20 | candidate length
 _MAX_LEN = (1 << _LEN_BITS) - 1
 _CELLS = 4_000_000  # distance-matrix cells per cdist call (16 MB of int32)
+_FIRST_SCAN = 1024  # candidates in the first cdist call of an id-order scan (doubling after each)
 _BIG_BLOCK = 100_000  # cells above which a cdist call is worth spreading over worker threads
 _NONE = np.iinfo(np.int64).max
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multipliers for the 64-bit string hashes of _within_one
@@ -269,6 +272,29 @@ def _compare(queries: list[str], query: np.ndarray, start: np.ndarray, end: np.n
             best[chunk] = np.minimum(best[chunk], key)
 
 
+def _scan_until_floor(queries: list[str], query: np.ndarray, lo: np.ndarray, hi: np.ndarray, target: np.ndarray,
+                      cands: list[str], clen: np.ndarray, best: np.ndarray, workers: int) -> None:
+    """Lower ``best[q]`` over the candidates of length ``lo[q]..hi[q]``, in id order, dropping a query as soon
+    as its best is at distance ``target[q]`` (no nearer one exists) among the candidates scanned so far."""
+    ncands = len(cands)
+    for window_lo, window_hi in sorted(set(zip(lo.tolist(), hi.tolist(), strict=True))):
+        group = (lo == window_lo) & (hi == window_hi)
+        rows, goal = query[group], target[group]
+        window = np.flatnonzero((clen >= window_lo) & (clen <= window_hi))
+        start, step = 0, _FIRST_SCAN
+        while rows.size and start < window.size:
+            cols = window[start:start + step]
+            dist = process.cdist([queries[i] for i in rows.tolist()], [cands[c] for c in cols.tolist()],
+                                 scorer=Levenshtein.distance, dtype=np.int32,
+                                 workers=workers if rows.size * cols.size >= _BIG_BLOCK else 1)
+            best[rows] = np.minimum(best[rows], (dist.astype(np.int64) * ncands + cols).min(axis=1))
+            # settled: at the target distance, by a candidate no later than the scanned ones (best may hold a
+            # candidate found earlier further down the id order)
+            left = (best[rows] // ncands > goal) | (best[rows] % ncands > cols[-1])
+            rows, goal = rows[left], goal[left]
+            start, step = start + step, step * 2
+
+
 def _next_bound(d: int) -> int:
     return d + 1 if d < 6 else d * 3 // 2
 
@@ -283,6 +309,8 @@ def _filtered_search(queries: list[str], cands: list[str], workers: int) -> tupl
     # ed(q, c) >= len c - (characters of q that c holds): no candidate longer than d + held is within d
     held = np.bincount(chars[1][0][np.isin(chars[1][1], chars[0].features)], minlength=n)
     best = np.full(n, _NONE, dtype=np.int64)  # distance * ncands + candidate: the lowest is the nearest
+    floor = np.zeros(n, dtype=np.int64)  # no candidate is nearer (a query left open by bound d is beyond d)
+    clen = _lengths(cands)
     todo = np.arange(n, dtype=np.int64)
     d = 2
     while todo.size:
@@ -301,18 +329,24 @@ def _filtered_search(queries: list[str], cands: list[str], workers: int) -> tupl
         char_size = char_pool.size + no_filter
         bigram_size = np.where(lens - 1 - 2 * bound > 0, bigram_pool.size, _NONE)
         hopeless = char_pool.empty | bigram_pool.empty  # no candidate within the bound
-        use_bigrams = ~hopeless & (bigram_size < char_size)
-        use_chars = ~hopeless & ~use_bigrams
+        # Required to share at most one character, and only a candidate at the floor can settle it: scan the
+        # length window in id order instead, stopping at the first such candidate.
+        at_floor = ~hopeless & (lens - bound <= 1) & (bound == floor[todo])
+        use_bigrams = ~hopeless & ~at_floor & (bigram_size < char_size)
+        use_chars = ~hopeless & ~at_floor & ~use_bigrams
+        _scan_until_floor(queries, todo[at_floor], lo[at_floor], hi[at_floor], bound[at_floor], cands, clen, best,
+                          workers)
         for (postings, _), pool, use in ((chars, char_pool, use_chars), (bigrams, bigram_pool, use_bigrams)):
             rows = use[pool.query]
             _compare(queries, todo[pool.query[rows]], pool.start[rows], pool.end[rows], postings, best, ncands,
                      workers)
-        for q in todo[use_chars & no_filter].tolist():
+        for q in todo[(use_chars | at_floor) & no_filter].tolist():
             fb = int(fallback[min(int(qlen[q]), fallback.size - 1)])
             if fb >= 0:
                 key = Levenshtein.distance(queries[q], cands[fb]) * ncands + fb
                 best[q] = min(int(best[q]), key)
         done = (best[todo] != _NONE) & (best[todo] // ncands <= bound)
+        floor[todo[~done]] = bound[~done] + 1
         todo = todo[~done]
         d = _next_bound(d)
     return best % ncands, (best // ncands).astype(np.int32)
