@@ -104,8 +104,8 @@ class _Postings:
 @dataclass(frozen=True)
 class _Pool:
     """One gram family's filter for a set of queries at bound d: posting slices to compare, per row of
-    ``query``; ``size`` [queries] the candidates compared (``_NONE``: the family gives no filter);
-    ``empty`` [queries]: the family proves no candidate is within d."""
+    ``query``; ``size`` [queries]: how many candidates that compares; ``empty`` [queries]: the family proves no
+    candidate is within d."""
 
     query: np.ndarray
     start: np.ndarray
