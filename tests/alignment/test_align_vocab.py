@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
-from lmfuse.alignment import BYTE, NORMAL, build_vocab_map, identity_map
-from lmfuse.alignment.vocab import METHODS, VocabMap, nearest_by_edit_distance
+from lmfuse.alignment import BYTE, NORMAL, build_vocab_map, identity_map, nearest
+from lmfuse.alignment.nearest import _filtered_search, nearest_by_edit_distance
+from lmfuse.alignment.vocab import METHODS, VocabMap
 from lmfuse.paths import lmfuse_home
 from lmfuse.registry import UnknownNameError
 
@@ -115,18 +117,66 @@ def test_mined_matches_brute_force_with_lowest_id_ties(tables: dict[str, Any]) -
         assert vmap.index[s] == first, (a.raw[s], b.raw[vmap.index[s]], b.raw[first])
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.text(alphabet="abcde 東京", min_size=1, max_size=9), min_size=1, max_size=20),
-       st.lists(st.text(alphabet="abcdef東", min_size=1, max_size=12), min_size=1, max_size=60, unique=True),
-       st.sampled_from([0, 3, 2000]))
-def test_nearest_by_edit_distance_equals_brute_force(queries: list[str], cands: list[str], rare_limit: int) -> None:
-    """All three stages (hash joins, rare-character index, windowed scan) against a brute-force scan."""
-    ids = np.arange(len(cands), dtype=np.int64)[::-1].copy()  # ties must go to the lowest *id*, not position
-    best, dist = nearest_by_edit_distance(queries, cands, ids, rare_limit=rare_limit)
-    for q, c, d in zip(queries, best.tolist(), dist.tolist(), strict=True):
-        ref = [Levenshtein.distance(q, x) for x in cands]
-        assert d == min(ref)
-        assert ids[c] == min(ids[k] for k in range(len(cands)) if ref[k] == d)
+def _brute_force(queries: list[str], cands: list[str], ids: np.ndarray) -> list[tuple[int, int]]:
+    """(distance, lowest id at that distance) of each query, by scanning every candidate."""
+    out = []
+    for q in queries:
+        dists = [Levenshtein.distance(q, c) for c in cands]
+        best = min(dists)
+        out.append((best, min(int(ids[k]) for k, d in enumerate(dists) if d == best)))
+    return out
+
+
+QUERIES = st.lists(st.text(alphabet="abcde 東京", min_size=1, max_size=14), min_size=1, max_size=20)
+CANDS = st.lists(st.text(alphabet="abcdef東", min_size=1, max_size=14), min_size=1, max_size=60, unique=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(QUERIES, CANDS, st.randoms(use_true_random=False))
+def test_nearest_by_edit_distance_equals_brute_force(queries: list[str], cands: list[str], rng: random.Random) -> None:
+    """Both stages (hash joins, gram-filtered search) against a brute-force scan; ids shuffled so that ties
+    must go to the lowest *id*, not the first position."""
+    ids = np.array(rng.sample(range(10 * len(cands)), len(cands)), dtype=np.int64)
+    best, dist = nearest_by_edit_distance(queries, cands, ids)
+    got = [(d, int(ids[c])) for c, d in zip(best.tolist(), dist.tolist(), strict=True)]
+    assert got == _brute_force(queries, cands, ids)
+
+
+@settings(max_examples=60, deadline=None)
+@given(QUERIES, CANDS)
+def test_filtered_search_alone_equals_brute_force(queries: list[str], cands: list[str]) -> None:
+    """The gram-filtered stage on its own (every distance, 0 and 1 included, goes through the filters, the
+    deepening bound and the fallback); candidates are in id order, so ids are positions."""
+    best, dist = _filtered_search(queries, cands, workers=1)
+    got = list(zip(dist.tolist(), best.tolist(), strict=True))
+    assert got == _brute_force(queries, cands, np.arange(len(cands)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(QUERIES, CANDS)
+def test_id_order_scan_stops_only_when_settled(queries: list[str], cands: list[str]) -> None:
+    """With one candidate per scan step, the early stop of the id-order scan is exercised on small inputs."""
+    with mock.patch.object(nearest, "_FIRST_SCAN", 1):
+        best, dist = _filtered_search(queries, cands, workers=1)
+    got = list(zip(dist.tolist(), best.tolist(), strict=True))
+    assert got == _brute_force(queries, cands, np.arange(len(cands)))
+
+
+def test_nearest_when_no_character_is_shared() -> None:
+    """A query sharing no character is at distance max(len q, len c) from everything: the lowest id of length
+    <= len q wins, else the lowest id of the shortest longer length."""
+    cands, ids = ["abc", "xy", "q", "zz"], np.array([5, 3, 9, 1])
+    best, dist = nearest_by_edit_distance(["ΩΩ", "ΩΩΩΩΩ"], cands, ids)
+    assert ids[best].tolist() == [1, 1] and dist.tolist() == [2, 5]
+    best, dist = nearest_by_edit_distance(["Ω"], ["abcd", "xyz", "uvw"], np.array([0, 7, 2]))
+    assert best.tolist() == [2] and dist.tolist() == [3]
+
+
+def test_nearest_with_nothing_to_search() -> None:
+    best, dist = nearest_by_edit_distance(["abc"], [], np.array([], dtype=np.int64))
+    assert best.tolist() == [-1] and dist.tolist() == [-1]
+    best, dist = nearest_by_edit_distance([], ["abc"], np.array([0]))
+    assert best.size == 0 and dist.size == 0
 
 
 def test_widths_pad_and_truncate(tables: dict[str, Any]) -> None:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmfuse.alignment.nearest import nearest_by_edit_distance
 from lmfuse.alignment.tokens import BYTE, NORMAL, TokenTable
-from lmfuse.alignment.vocab import METHODS, exact_map, nearest_by_edit_distance
+from lmfuse.alignment.vocab import METHODS, exact_map
 
 
 @dataclass
