@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("alignment",),
     ("models",),
     ("served",),
-    ("assets",),
+    ("assets", "config"),  # siblings: neither imports the other
     ("atomic", "paths", "registry"),
     ("errors",),
 )

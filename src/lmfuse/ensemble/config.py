@@ -8,11 +8,12 @@ passes run on and its dtype. On the command line: ``SPEC[,device=DEVICE][,dtype=
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmfuse.config import OneOf, config_error
 from lmfuse.ensemble.fusion import FUSIONS
 from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE, WEIGHTINGS, WeightOptions
 from lmfuse.errors import InputError
@@ -86,8 +87,8 @@ class PackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     members: list[MemberSpec] = []
-    weighting: str = DEFAULT_WEIGHTING
-    fusion: str = "product"
+    weighting: Annotated[str, OneOf(WEIGHTINGS)] = DEFAULT_WEIGHTING
+    fusion: Annotated[str, OneOf(FUSIONS)] = "product"
     seed_member: str | None = None  # the member whose tokens decoding emits (default: the largest weight)
     nll_norm: NllNorm = DEFAULT_NLL_NORM
     seed: int = 0  # the sampling seed of the first prompt (prompt i gets seed + i)
@@ -100,18 +101,6 @@ class PackConfig(BaseModel):
     # the members are on more than one device (on one 2-core CPU, threads competing for the cores were
     # 0.85-0.86x as fast as one member after another at 8 and 16 prompts: benchmarks/pack.py, docs/batching.md).
     parallel: bool | None = None
-
-    @field_validator("weighting")
-    @classmethod
-    def _weighting(cls, v: str) -> str:
-        WEIGHTINGS.get(v)
-        return v
-
-    @field_validator("fusion")
-    @classmethod
-    def _fusion(cls, v: str) -> str:
-        FUSIONS.get(v)
-        return v
 
     @model_validator(mode="after")
     def _fixed_weights(self) -> PackConfig:
@@ -135,17 +124,9 @@ class PackConfig(BaseModel):
 
 
 def validated(model: type[M], fields: dict[str, object], what: str) -> M:
-    """``model(**fields)``, with pydantic's errors as one `InputError` line per bad field."""
+    """``model(**fields)``; pydantic's errors are one lmfuse error (`lmfuse.config.config_error`) that starts
+    with ``what`` and names each bad field, its value and what is valid."""
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {_reason(e)}" for e in exc.errors())
-        raise InputError(f"{what}: {problems}") from None
-
-
-def _reason(error: Any) -> str:
-    ctx = error.get("ctx")
-    cause = ctx.get("error") if isinstance(ctx, dict) else None
-    if cause is not None:
-        return str(cause)
-    return f"{error['msg']} (got {error.get('input')!r})"
+        raise config_error(exc, model, what, prefix=True) from None

@@ -33,9 +33,10 @@ from typing import Annotated
 import numpy as np
 import torch
 
+from lmfuse.config import OneOf
 from lmfuse.errors import CorruptFileError
 from lmfuse.fuse import store
-from lmfuse.fuse.config import OneOf, section
+from lmfuse.fuse.config import section
 from lmfuse.fuse.sharded import sharded_stage
 from lmfuse.registry import Registry
 

@@ -1,157 +1,19 @@
-"""The typed configuration layer's parts: frozen pydantic dataclasses, choices checked once, lmfuse errors.
-
-Every recipe section is declared with ``@section`` (a frozen ``pydantic.dataclasses.dataclass`` that refuses
-unknown keys). A field that names a strategy is ``Annotated[str, OneOf(REGISTRY)]``: pydantic checks it
-once, when the recipe is built, against the registry's names (or a tuple), and the JSON schema lists them.
-A section that may be written as a plain string (a member, a reward) is ``Annotated[Spec, Shorthand(key)]``.
-
-pydantic reports every problem as one ``ValidationError``; ``config_error`` turns it into lmfuse's own
-error (an ``UnknownChoiceError`` for an unknown choice, else an ``InputError``) whose one line names each
-bad key by its dotted path (``train.grad_accum``) and, for an unknown key or choice, the closest valid
-ones. Building a section in Python (``TrainConfig(grad_accum=0)``, ``dataclasses.replace``) raises the
-same errors.
-"""
+"""A recipe's sections: `lmfuse.config.section`, with errors that call the root of a recipe "recipe"."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast, dataclass_transform
+from typing import TypeVar, dataclass_transform
 
-from pydantic import ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
-from pydantic.dataclasses import dataclass as pydantic_dataclass
-from pydantic_core import core_schema
+from pydantic import Field
 
-from lmfuse.errors import InputError, LmfuseError
-from lmfuse.registry import UnknownNameError, suggest
-
-CONFIG = ConfigDict(extra="forbid")
-"""Every section: unknown keys are errors (the converter below suggests the closest key)."""
+from lmfuse import config
 
 T = TypeVar("T")
 
 
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, Field))
 def section(cls: type[T]) -> type[T]:
-    """A frozen pydantic dataclass whose construction raises lmfuse errors (see the module doc)."""
-    built = cast(type[T], pydantic_dataclass(frozen=True, config=CONFIG)(cls))
-    init = built.__init__
-
-    @functools.wraps(init)
-    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            init(self, *args, **kwargs)
-        except ValidationError as exc:
-            raise config_error(exc, built) from None
-
-    built.__init__ = checked_init  # type: ignore[method-assign]
-    return built
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """A string field's valid values: a registry's names (read when checked, so late registrations
-    count) or a fixed tuple. An unknown value is an ``UnknownChoiceError`` with "did you mean"."""
-
-    valid: Iterable[str]
-    what: str = ""
-
-    def names(self) -> list[str]:
-        return list(self.valid)
-
-    def check(self, value: str) -> str:
-        if value not in self.names():
-            raise UnknownChoiceError(suggest(value, self.names(), self.what or getattr(self.valid, "what", "value")))
-        return value
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_after_validator_function(self.check, handler(source))
-
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        out = dict(handler(schema))
-        out["enum"] = self.names()
-        return out
-
-
-class UnknownChoiceError(UnknownNameError, InputError):
-    """A recipe value that is not one of its field's choices: a bad input (``InputError``) that names the
-    closest valid choices, as an unknown registry name does (``UnknownNameError``)."""
-
-
-@dataclass(frozen=True)
-class Shorthand:
-    """A section that may be written as one string, read as its ``key`` (``target: toy:bytebpe`` is
-    ``target: {model: toy:bytebpe}``); the JSON schema accepts both forms."""
-
-    key: str
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        return core_schema.no_info_before_validator_function(
-            lambda value: {self.key: value} if isinstance(value, str) else value, handler(source))
-
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        return {"anyOf": [{"type": "string", "description": f"shorthand for {{{self.key}: ...}}"}, handler(schema)]}
-
-
-def config_error(exc: ValidationError, root: Any) -> LmfuseError:
-    """One lmfuse error for all of a ``ValidationError``'s problems, each named by its dotted key."""
-    messages: list[str] = []
-    unknown_name = False
-    for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        path = ".".join(loc)
-        cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, UnknownChoiceError):
-            unknown_name = True
-        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
-            messages.append(_unknown_key(root, loc))
-        elif err["type"] in ("missing", "missing_argument"):
-            what = f"entry {loc[-1]} (0-based)" if loc[-1].isdigit() else f"required key {loc[-1]!r}"
-            messages.append(f"{'.'.join(loc[:-1]) or 'recipe'}: missing {what}")
-        elif isinstance(cause, Exception):  # our own checks: "train.epochs must be ...", "sources.0: member ..."
-            messages.append(f"{path}{' ' if str(cause).startswith('must ') else ': '}{cause}" if path else str(cause))
-        else:
-            got = err.get("input")
-            messages.append(f"{path or 'recipe'}: {err['msg'][0].lower()}{err['msg'][1:]} (got {got!r})")
-    text = "; ".join(messages)
-    return UnknownChoiceError(text) if unknown_name and len(messages) == 1 else InputError(text)
-
-
-def _unknown_key(root: Any, loc: list[str]) -> str:
-    where = ".".join(loc[:-1])
-    owner = field_type(root, loc[:-1])
-    names = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
-    hint = getattr(owner, "FOREIGN_KEYS", {}).get(loc[-1])  # a key another kind of recipe has
-    if hint:
-        return f"{'.'.join(loc)}: {hint}"
-    return suggest(loc[-1], names, f"key in {where or 'recipe'}")
-
-
-def field_type(root: Any, loc: list[str]) -> Any:
-    """The declared type at a dotted location inside dataclass ``root`` (list indices step into tuples)."""
-    tp = root
-    for part in loc:
-        tp = _unwrap(tp)
-        if part.isdigit() and typing.get_origin(tp) is tuple:
-            tp = typing.get_args(tp)[0]
-        elif dataclasses.is_dataclass(tp):
-            hints = typing.get_type_hints(tp, include_extras=False)
-            tp = hints.get(part)
-        else:
-            return None
-    return _unwrap(tp)
-
-
-def _unwrap(tp: Any) -> Any:
-    """``X | None`` -> ``X`` (the only unions sections declare)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return tp
-
+    """A recipe section (``train``, ``align``, a member, ...): a missing or unknown top-level key is named
+    as the recipe's (``unknown key in recipe 'lm_wieght'``)."""
+    return config.section(where="recipe")(cls)

@@ -1,4 +1,4 @@
-"""Fusion recipes (FuseLLM, ProFuser): typed sections read once from YAML (``fuse/config.py``).
+"""Fusion recipes (FuseLLM, ProFuser): typed sections read once from YAML (``lmfuse/config.py``).
 
 A recipe is a ``FuseLLMRecipe`` (``method: fusellm``, the default) or a ``ProFuserRecipe``
 (``method: profuser``, which adds ``generate``, ``rewards``, ``vote`` and ``schedule``). The sections a
@@ -24,9 +24,10 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from lmfuse.config import OneOf, Shorthand, UnknownChoiceError, config_error
 from lmfuse.errors import InputError, one_line
 from lmfuse.fuse.combine import CombineConfig
-from lmfuse.fuse.config import OneOf, Shorthand, UnknownChoiceError, config_error, section
+from lmfuse.fuse.config import section
 from lmfuse.fuse.losses import FUSION_LOSSES
 from lmfuse.fuse.members import TOY_PREFIX, parse_toy
 from lmfuse.fuse.rewards import VOTES, RewardSpec
@@ -270,7 +271,7 @@ def recipe_from_dict(data: dict[str, Any]) -> FuseRecipe:
     try:
         return TypeAdapter(kind).validate_python(data)
     except ValidationError as exc:
-        raise config_error(exc, kind) from None
+        raise config_error(exc, kind, "recipe") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FuseRecipe:

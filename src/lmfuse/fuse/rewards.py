@@ -37,8 +37,9 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field, model_validator
 
+from lmfuse.config import OneOf
 from lmfuse.errors import InputError
-from lmfuse.fuse.config import OneOf, section
+from lmfuse.fuse.config import section
 from lmfuse.registry import Registry
 
 Reward = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]

@@ -25,7 +25,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from lmfuse.fuse.config import OneOf, section
+from lmfuse.config import OneOf
+from lmfuse.fuse.config import section
 from lmfuse.registry import Registry
 
 ScheduleFn = Callable[[int, int, "ScheduleConfig"], tuple[float, float]]

@@ -32,9 +32,10 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
+from lmfuse.config import OneOf
 from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.fuse import store
-from lmfuse.fuse.config import OneOf, section
+from lmfuse.fuse.config import section
 from lmfuse.fuse.sharded import sharded_stage
 
 VOCAB_MAPS = ("mined", "exact")

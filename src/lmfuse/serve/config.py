@@ -1,16 +1,21 @@
-"""Server settings: one frozen dataclass, validated once, shared by the app, the batcher and the CLI."""
+"""Server settings: one frozen section (`lmfuse.config`), validated once, shared by the app, the batcher and
+the CLI; a bad value is one `InputError` naming the setting, the value and the bound (``serve: max_batch:
+input should be greater than or equal to 1 (got 0)``)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import Annotated
 
-from lmfuse.errors import InputError
+from pydantic import Field
+
+from lmfuse.config import section
 
 API_KEY_ENV = "LMFUSE_API_KEY"
+Positive = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
+@section(where="serve", prefix=True)
 class ServeConfig:
     """How `create_app` serves a pack.
 
@@ -21,37 +26,22 @@ class ServeConfig:
     A request without ``max_tokens`` gets ``min(default_max_tokens, max_tokens_limit)``.
     """
 
-    model_name: str = "lmfuse-pack"
+    model_name: Annotated[str, Field(min_length=1)] = "lmfuse-pack"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
     api_key: str | None = None
-    max_tokens_limit: int = 512
-    default_max_tokens: int = 64
-    max_batch: int = 8
-    max_pending: int = 64
-    batch_window_ms: float = 2.0
-    max_body_bytes: int = 1 << 20
-    max_stop: int = 4
+    max_tokens_limit: Positive = 512
+    default_max_tokens: Positive = 64
+    max_batch: Positive = 8
+    max_pending: Positive = 64
+    batch_window_ms: Annotated[float, Field(ge=0)] = 2.0
+    max_body_bytes: Positive = 1 << 20
+    max_stop: Positive = 4
     chat_template_member: str | None = None
     # A prompt holds the pack's thread while every member reads it: a 900 KB prompt took 8 s. Longer
     # prompts get a 400 naming the limit (tokens as the longest member tokenization counts them).
-    max_prompt_chars: int = 100_000
-    max_prompt_tokens: int = 16_384
-
-    def __post_init__(self) -> None:
-        positive = {"max_tokens_limit": self.max_tokens_limit, "default_max_tokens": self.default_max_tokens,
-                    "max_batch": self.max_batch, "max_pending": self.max_pending,
-                    "max_body_bytes": self.max_body_bytes, "max_stop": self.max_stop,
-                    "max_prompt_chars": self.max_prompt_chars, "max_prompt_tokens": self.max_prompt_tokens}
-        for name, value in positive.items():
-            if value < 1:
-                raise InputError(f"serve: {name} must be >= 1; got {value}")
-        if self.batch_window_ms < 0:
-            raise InputError(f"serve: batch_window_ms must be >= 0; got {self.batch_window_ms}")
-        if not self.model_name:
-            raise InputError("serve: model_name must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise InputError(f"serve: port must be in 0..65535; got {self.port}")
+    max_prompt_chars: Positive = 100_000
+    max_prompt_tokens: Positive = 16_384
 
     @staticmethod
     def key_from_env(explicit: str | None) -> str | None:
