@@ -27,6 +27,13 @@ DEFAULT_NLL_NORM: NllNorm = "byte"
 DEFAULT_WEIGHTING = "packllm-opt"
 # The weight fit reads the last 1,024 bytes of the prompt (~256 tokens, the span PackLLM's fit covered).
 DEFAULT_FIT_BYTES = 1024
+# How members with different tokenizers meet: "exact" (lmfuse's default: every member read as the byte-level
+# model its own tokens define) or "mined" (the PackLLM paper's code: a seed vocabulary per example and static
+# MinED maps onto it; `lmfuse.ensemble.mined`).
+ALIGNMENTS = ("exact", "mined")
+# The weightings the paper-faithful token-level path fits (those of the paper's code; the others need the
+# byte-level machinery: per-byte following, demonstrations' answer bytes).
+MINED_WEIGHTINGS = ("uniform", "fixed", "top1", "packllm-sim", "packllm-opt")
 DTYPES = ("float32", "bfloat16", "float16")
 SPEC_KEYS = ("device", "dtype", "name")
 M = TypeVar("M", bound=BaseModel)
@@ -88,6 +95,7 @@ class PackConfig(BaseModel):
     members: list[MemberSpec] = []
     weighting: str = DEFAULT_WEIGHTING
     fusion: str = "product"
+    alignment: str = "exact"  # ALIGNMENTS
     seed_member: str | None = None  # the member whose tokens decoding emits (default: the largest weight)
     nll_norm: NllNorm = DEFAULT_NLL_NORM
     seed: int = 0  # the sampling seed of the first prompt (prompt i gets seed + i)
@@ -113,6 +121,19 @@ class PackConfig(BaseModel):
         FUSIONS.get(v)
         return v
 
+    @field_validator("alignment")
+    @classmethod
+    def _alignment(cls, v: str) -> str:
+        if v not in ALIGNMENTS:
+            raise ValueError(suggest(v, ALIGNMENTS, "alignment"))
+        return v
+
+    @model_validator(mode="after")
+    def _mined_weighting(self) -> PackConfig:
+        if self.alignment == "mined" and self.weighting not in MINED_WEIGHTINGS:
+            raise ValueError(not_mined(self.weighting))
+        return self
+
     @model_validator(mode="after")
     def _fixed_weights(self) -> PackConfig:
         if self.weights is not None and not sum(self.weights) > 0:
@@ -132,6 +153,12 @@ class PackConfig(BaseModel):
         if isinstance(members, list | tuple):
             fields["members"] = [MemberSpec.parse(m) if isinstance(m, str) else m for m in members]
         return validated(cls, fields, "pack")
+
+
+def not_mined(weighting: str) -> str:
+    """Why ``weighting`` cannot run with ``alignment="mined"`` and what can (`MINED_WEIGHTINGS`)."""
+    return (f"weighting {weighting!r} needs the exact byte-level alignment; with alignment 'mined' (the paper's "
+            f"token-level fusion over a seed vocabulary) use {', '.join(MINED_WEIGHTINGS)}")
 
 
 def validated(model: type[M], fields: dict[str, object], what: str) -> M:
