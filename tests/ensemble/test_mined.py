@@ -139,7 +139,7 @@ def test_generation_and_unsupported_weightings_are_clear_errors(toy_members: dic
 def test_config_validation_and_the_cli_flag() -> None:
     with pytest.raises(InputError, match=r"alignment 'minde'\. Did you mean 'mined'.*Valid: exact, mined"):
         PackConfig.of(alignment="minde")
-    with pytest.raises(InputError, match="weighting 'online' needs the exact byte-level alignment"):
+    with pytest.raises(InputError, match="weighting 'online' is not one of the paper's"):
         PackConfig.of(alignment="mined", weighting="online")
     assert PackConfig.of().alignment == "exact"
     import argparse

@@ -31,8 +31,9 @@ DEFAULT_FIT_BYTES = 1024
 # model its own tokens define) or "mined" (the PackLLM paper's code: a seed vocabulary per example and static
 # MinED maps onto it; `lmfuse.ensemble.mined`).
 ALIGNMENTS = ("exact", "mined")
-# The weightings the paper-faithful token-level path fits (those of the paper's code; the others need the
-# byte-level machinery: per-byte following, demonstrations' answer bytes).
+# The weightings the paper-faithful token-level path fits: those of the paper's code (the others are lmfuse's
+# and use the byte-level machinery: per-byte following, demonstrations' answer bytes, or autograd over
+# [K, T, S], which a 262k seed vocabulary makes costly).
 MINED_WEIGHTINGS = ("uniform", "fixed", "top1", "packllm-sim", "packllm-opt")
 DTYPES = ("float32", "bfloat16", "float16")
 SPEC_KEYS = ("device", "dtype", "name")
@@ -157,8 +158,8 @@ class PackConfig(BaseModel):
 
 def not_mined(weighting: str) -> str:
     """Why ``weighting`` cannot run with ``alignment="mined"`` and what can (`MINED_WEIGHTINGS`)."""
-    return (f"weighting {weighting!r} needs the exact byte-level alignment; with alignment 'mined' (the paper's "
-            f"token-level fusion over a seed vocabulary) use {', '.join(MINED_WEIGHTINGS)}")
+    return (f"weighting {weighting!r} is not one of the paper's: alignment 'mined' (the paper's token-level fusion "
+            f"over a seed vocabulary) fits {', '.join(MINED_WEIGHTINGS)}; the others need alignment 'exact'")
 
 
 def validated(model: type[M], fields: dict[str, object], what: str) -> M:
