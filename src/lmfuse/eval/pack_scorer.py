@@ -84,8 +84,8 @@ class PackScorer:
     def __post_init__(self) -> None:
         for w in self.weightings:
             WEIGHTINGS.get(w)
-            if self.mined and w not in MINED_WEIGHTINGS:
-                raise InputError(not_mined(w))
+        if self.mined:
+            self._mined()
 
     @property
     def mined(self) -> bool:
@@ -93,6 +93,10 @@ class PackScorer:
         return self.pack.config.alignment == "mined"
 
     def _mined(self) -> SeedFusion:
+        """The mined scoring, built once; the weightings are checked at every use (a pack can be reconfigured)."""
+        for w in self.weightings:
+            if w not in MINED_WEIGHTINGS:
+                raise InputError(not_mined(w))
         if self._seed_fusion is None:
             self._seed_fusion = SeedFusion(self.pack)
         return self._seed_fusion
