@@ -87,6 +87,22 @@ def test_eval_weighting_adds_fused_systems_beside_each_member(
     assert "--weighting packllm-opt,uniform" in data["settings"]["command"]
 
 
+def test_eval_alignment_mined_is_recorded_and_refuses_byte_level_weightings(
+        tmp_path: Path, toy_dir: Path, toy_members: dict[str, Member], bb: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "toy-bytebpe"
+    toy_members["bytebpe"].model.save_pretrained(other)
+    toy_members["bytebpe"].tokenizer.save_pretrained(other)
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(toy_dir), "--model", str(other), "--task", "bigbench:parity", "--limit", "2"]
+    assert main([*args, "--weighting", "packllm-opt,top1", "--alignment", "mined", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["models"]["pack[top1]"]["alignment"] == "mined"
+    assert "--alignment mined" in data["settings"]["command"]
+    assert main([*args, "--weighting", "online", "--alignment", "mined"]) == 2
+    assert "packllm-sim, packllm-opt" in capsys.readouterr().err
+
+
 def test_eval_unknown_weighting_is_one_clear_error(toy_dir: Path, bb: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["eval", "--model", str(toy_dir), "--task", "bigbench:parity", "--weighting", "packlm-opt"])

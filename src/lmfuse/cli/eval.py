@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lmfuse.ensemble.config import DEFAULT_NLL_NORM, NLL_NORMS
+    from lmfuse.ensemble.config import ALIGNMENTS, DEFAULT_NLL_NORM, NLL_NORMS
     from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE
     from lmfuse.eval.runner import FIT_ON
 
@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
                             "alone, e.g. packllm-opt,packllm-sim,uniform,top1,online, or demo-fit with --shots (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
+    fused.add_argument("--alignment", default="exact", choices=ALIGNMENTS,
+                       help="exact: each member read as the byte-level model its tokens define (the default); "
+                            "mined: the paper's code, token level over a seed vocabulary per example with MinED "
+                            "maps (weightings uniform, fixed, top1, packllm-sim, packllm-opt)")
     fused.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
                        help="weighting online: the weights' step size per byte (default: %(default)s)")
     fused.add_argument("--fit-on", default=FIT_ON[0], choices=FIT_ON,
@@ -115,7 +119,7 @@ def build_scorers(args: argparse.Namespace, members: list[Member]) -> list[Score
     for name in weightings:
         WEIGHTINGS.get(name)  # unknown names fail with suggestions before any scoring
     pack = Pack(members, weighting=weightings[0], fusion=args.fusion, nll_norm=args.nll_norm,
-                online_rate=args.online_rate)
+                online_rate=args.online_rate, alignment=args.alignment)
     return [pack_scorer(pack, weightings, window=args.window)]
 
 
@@ -137,6 +141,8 @@ def command_line(args: argparse.Namespace) -> str:
     if args.weighting:
         argv += ["--weighting", args.weighting, "--fusion", args.fusion, "--nll-norm", args.nll_norm,
                  "--fit-on", args.fit_on]
+        if args.alignment != "exact":
+            argv += ["--alignment", args.alignment]
         if "online" in args.weighting:
             argv += ["--online-rate", str(args.online_rate)]
     argv += ["--shots", str(args.shots), "--seed", str(args.seed), "--window", str(args.window)]

@@ -12,7 +12,7 @@ from lmfuse.errors import InputError
 
 def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     from lmfuse.ensemble import FUSIONS, WEIGHTINGS
-    from lmfuse.ensemble.config import DEFAULT_NLL_NORM, DTYPES, NLL_NORMS
+    from lmfuse.ensemble.config import ALIGNMENTS, DEFAULT_NLL_NORM, DTYPES, NLL_NORMS
     from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE
 
     g = parser.add_argument_group("pack")
@@ -27,6 +27,10 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--online-rate", type=float, default=DEFAULT_ONLINE_RATE,
                    help="weighting online: the weights' step size per byte, in (0, 1) (default: %(default)s)")
     g.add_argument("--fusion", default="product", help=f"fusion rule: {', '.join(FUSIONS.names())}")
+    g.add_argument("--alignment", default="exact", choices=ALIGNMENTS,
+                   help="how members with different tokenizers meet: exact (each read as the byte-level model its "
+                        "tokens define) or mined (the paper's code: a seed vocabulary per example, MinED maps onto "
+                        "it; scoring only) (default: %(default)s)")
     g.add_argument("--seed-member", help="fix the member whose tokens generation emits (default: the largest weight)")
     g.add_argument("--nll-norm", default=DEFAULT_NLL_NORM, choices=NLL_NORMS,
                    help="NLL normalisation for NLL-based weights and seed ties (default: %(default)s)")
@@ -50,6 +54,7 @@ def pack_config(args: argparse.Namespace) -> Any:
     if args.weighting == "fixed" and fixed is None:
         raise InputError("--weighting fixed needs --weights w1,w2,... (one per member)")
     return PackConfig.of(members=list(args.model), weighting=args.weighting, fusion=args.fusion,
+                         alignment=args.alignment,
                          seed_member=args.seed_member, nll_norm=args.nll_norm, dtype=args.dtype, tau=args.tau,
                          online_rate=args.online_rate,
                          weights=fixed, parallel={"auto": None, "on": True, "off": False}[args.parallel])

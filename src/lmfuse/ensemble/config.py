@@ -28,6 +28,14 @@ DEFAULT_NLL_NORM: NllNorm = "byte"
 DEFAULT_WEIGHTING = "packllm-opt"
 # The weight fit reads the last 1,024 bytes of the prompt (~256 tokens, the span PackLLM's fit covered).
 DEFAULT_FIT_BYTES = 1024
+# How members with different tokenizers meet: "exact" (lmfuse's default: every member read as the byte-level
+# model its own tokens define) or "mined" (the PackLLM paper's code: a seed vocabulary per example and static
+# MinED maps onto it; `lmfuse.ensemble.mined`).
+ALIGNMENTS = ("exact", "mined")
+# The weightings the paper-faithful token-level path fits: those of the paper's code (the others are lmfuse's
+# and use the byte-level machinery: per-byte following, demonstrations' answer bytes, or autograd over
+# [K, T, S], which a 262k seed vocabulary makes costly).
+MINED_WEIGHTINGS = ("uniform", "fixed", "top1", "packllm-sim", "packllm-opt")
 DTYPES = ("float32", "bfloat16", "float16")
 SPEC_KEYS = ("device", "dtype", "name")
 M = TypeVar("M", bound=BaseModel)
@@ -89,6 +97,7 @@ class PackConfig(BaseModel):
     members: list[MemberSpec] = []
     weighting: Annotated[str, OneOf(WEIGHTINGS)] = DEFAULT_WEIGHTING
     fusion: Annotated[str, OneOf(FUSIONS)] = "product"
+    alignment: Annotated[str, OneOf(ALIGNMENTS, "alignment")] = "exact"
     seed_member: str | None = None  # the member whose tokens decoding emits (default: the largest weight)
     nll_norm: NllNorm = DEFAULT_NLL_NORM
     seed: int = 0  # the sampling seed of the first prompt (prompt i gets seed + i)
@@ -101,6 +110,12 @@ class PackConfig(BaseModel):
     # the members are on more than one device (on one 2-core CPU, threads competing for the cores were
     # 0.85-0.86x as fast as one member after another at 8 and 16 prompts: benchmarks/pack.py, docs/batching.md).
     parallel: bool | None = None
+
+    @model_validator(mode="after")
+    def _mined_weighting(self) -> PackConfig:
+        if self.alignment == "mined" and self.weighting not in MINED_WEIGHTINGS:
+            raise ValueError(not_mined(self.weighting))
+        return self
 
     @model_validator(mode="after")
     def _fixed_weights(self) -> PackConfig:
@@ -121,6 +136,12 @@ class PackConfig(BaseModel):
         if isinstance(members, list | tuple):
             fields["members"] = [MemberSpec.parse(m) if isinstance(m, str) else m for m in members]
         return validated(cls, fields, "pack")
+
+
+def not_mined(weighting: str) -> str:
+    """Why ``weighting`` cannot run with ``alignment="mined"`` and what can (`MINED_WEIGHTINGS`)."""
+    return (f"weighting {weighting!r} is not one of the paper's: alignment 'mined' (the paper's token-level fusion "
+            f"over a seed vocabulary) fits {', '.join(MINED_WEIGHTINGS)}; the others need alignment 'exact'")
 
 
 def validated(model: type[M], fields: dict[str, object], what: str) -> M:

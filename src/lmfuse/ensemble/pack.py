@@ -229,12 +229,19 @@ class Pack:
         return self.fit(self.analyse(prompt), weighting)[1]
 
     # ---- generation -----------------------------------------------------------------------------------
+    def _check_decodes(self) -> None:
+        if self.config.alignment == "mined":
+            raise InputError("alignment 'mined' (the paper's token-level fusion over a seed vocabulary) only "
+                             "scores, as PackLLM's released code does (it has no generation path); generate with "
+                             "alignment 'exact' (the default)")
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, stop: Sequence[str] = (), seed: int | None = None,
                  batch_size: int | None = None) -> list[Generation]:
         """Fused generation for each prompt (`lmfuse.ensemble.generate`): the prompts decode together, each
         member's forward passes batched over them (at most ``batch_size`` prompts at a time; default all).
         Prompt ``i`` samples with seed ``seed + i`` (default: the pack's seed)."""
+        self._check_decodes()
         first = self.seed if seed is None else seed
         decodings = [Decoding(self, p, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                               stop=stop, seed=first + i) for i, p in enumerate(prompts)]
@@ -242,15 +249,18 @@ class Pack:
 
     def decoding(self, prompt: str, **kwargs: Any) -> Decoding:
         """One prompt's decoding, to step with others in a `decoder` (the server's continuous batching)."""
+        self._check_decodes()
         return Decoding(self, prompt, **kwargs)
 
     def decoder(self) -> Decoder:
         """A `Decoder`: steps many decodings together, prompts joining and leaving at any step."""
+        self._check_decodes()
         return Decoder(self)
 
     def stream(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                stop: Sequence[str] = (), seed: int | None = None) -> Stream:
         """An iterator of decoded text pieces; its ``.weights`` (`WeightReport`) is set before the first
         piece is requested, and ``.finish_reason`` / ``.n_tokens`` once it is exhausted."""
+        self._check_decodes()
         return Stream(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                       stop=stop, seed=self.seed if seed is None else seed)

@@ -54,27 +54,39 @@ def read_examples(member: Member, examples: Sequence[Example],
     baseline the benchmark compares against).
     """
     encoded = [_encode_example(member, context, continuations) for context, continuations in examples]
+    rows = read_ids(member, [(ctx_ids, [c.ids for c in conts]) for ctx_ids, _, conts in encoded], reuse_prefix)
+    return [(TextRun(ctx_ids, ctx_off, ctx_rows), [TextRun(c.ids, c.offsets, r) for c, r in zip(conts, cont_rows, strict=True)])
+            for (ctx_ids, ctx_off, conts), (ctx_rows, cont_rows) in zip(encoded, rows, strict=True)]
+
+
+IdExample = tuple[Sequence[int], Sequence[Sequence[int]]]  # context ids and each continuation's ids
+
+
+def read_ids(member: Member, examples: Sequence[IdExample],
+             reuse_prefix: bool = True) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """`read_examples` on given token ids (they must fit the member's context): per example, the rows of
+    the context ``[n_ctx, V]`` (row ``i`` predicts context id ``i``) and of each continuation ``[n_cont, V]``
+    (row 0 from the context's last position). Each continuation must have at least one id."""
     caches = [new_cache() for _ in examples]
     heads = member.feed([Feed(cache, [member.prefix_token_id, *ctx_ids])  # [1 + n_ctx, V] each
-                         for cache, (ctx_ids, _, _) in zip(caches, encoded, strict=True)])
-    reads = [(e, o) for e, (_, _, conts) in enumerate(encoded) for o, enc in enumerate(conts) if len(enc.ids) > 1]
+                         for cache, (ctx_ids, _) in zip(caches, examples, strict=True)])
+    reads = [(e, o) for e, (_, conts) in enumerate(examples) for o, ids in enumerate(conts) if len(ids) > 1]
     if reuse_prefix:
-        feeds = [Feed(caches[e], encoded[e][2][o].ids[:-1], extend=False) for e, o in reads]
+        feeds = [Feed(caches[e], list(examples[e][1][o])[:-1], extend=False) for e, o in reads]
     else:
-        feeds = [Feed(new_cache(), [member.prefix_token_id, *encoded[e][0], *encoded[e][2][o].ids[:-1]])
+        feeds = [Feed(new_cache(), [member.prefix_token_id, *examples[e][0], *list(examples[e][1][o])[:-1]])
                  for e, o in reads]
     rows = dict(zip(reads, member.feed(feeds), strict=True))
     out = []
-    for e, ((ctx_ids, ctx_off, conts), head) in enumerate(zip(encoded, heads, strict=True)):
+    for e, ((ctx_ids, conts), head) in enumerate(zip(examples, heads, strict=True)):
         base = len(ctx_ids) + 1
         runs = []
-        for o, enc in enumerate(conts):
+        for o in range(len(conts)):
             after = rows.get((e, o))
             if after is not None and not reuse_prefix:
                 after = after[base:]
-            parts = [head[-1:]] if after is None else [head[-1:], after]
-            runs.append(TextRun(enc.ids, enc.offsets, torch.cat(parts)))
-        out.append((TextRun(ctx_ids, ctx_off, head[:-1]), runs))
+            runs.append(torch.cat([head[-1:]] if after is None else [head[-1:], after]))
+        out.append((head[:-1], runs))
     return out
 
 

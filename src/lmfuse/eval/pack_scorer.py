@@ -15,7 +15,8 @@ from typing import Any, cast
 
 import torch
 
-from lmfuse.ensemble.config import DEFAULT_WEIGHTING
+from lmfuse.ensemble.config import DEFAULT_WEIGHTING, MINED_WEIGHTINGS, not_mined
+from lmfuse.ensemble.mined import FIT_TOKENS, SeedFusion
 from lmfuse.ensemble.pack import Analysis, Pack
 from lmfuse.ensemble.runs import TextRun, read_examples, read_text
 from lmfuse.ensemble.weighting import (
@@ -78,10 +79,27 @@ class PackScorer:
     window: int | None = None  # rolling-window tokens for whole texts (default: each member's context)
     _last: list[dict[str, dict[str, float]]] = field(default_factory=list, init=False, repr=False)  # batch_weights
     _task_weights: torch.Tensor | None = field(default=None, init=False, repr=False)  # demo-fit-task's (`learn`)
+    _seed_fusion: SeedFusion | None = field(default=None, init=False, repr=False)  # alignment "mined"'s maps
 
     def __post_init__(self) -> None:
         for w in self.weightings:
             WEIGHTINGS.get(w)
+        if self.mined:
+            self._mined()
+
+    @property
+    def mined(self) -> bool:
+        """The pack fuses as the paper's code does: token level over a seed vocabulary (`lmfuse.ensemble.mined`)."""
+        return self.pack.config.alignment == "mined"
+
+    def _mined(self) -> SeedFusion:
+        """The mined scoring, built once; the weightings are checked at every use (a pack can be reconfigured)."""
+        for w in self.weightings:
+            if w not in MINED_WEIGHTINGS:
+                raise InputError(not_mined(w))
+        if self._seed_fusion is None:
+            self._seed_fusion = SeedFusion(self.pack)
+        return self._seed_fusion
 
     def systems(self) -> list[str]:
         return [*self.pack.names, *(f"pack[{w}]" for w in self.weightings)]
@@ -92,10 +110,18 @@ class PackScorer:
                                         "context_length": m.context_length, **m.info} for m in pack.members}
         for w in self.weightings:
             out[f"pack[{w}]"] = {"members": pack.names, "weighting": w, "fusion": pack.fusion,
-                                 "nll_norm": pack.nll_norm, "seed_member": pack.seed_member or "largest weight",
-                                 "fit_bytes": pack.fit_bytes, "probabilities": "exact byte-level (prefix covering)",
+                                 "nll_norm": pack.nll_norm, "alignment": pack.config.alignment,
+                                 **(self._mined_provenance() if self.mined else {
+                                     "seed_member": pack.seed_member or "largest weight", "fit_bytes": pack.fit_bytes,
+                                     "probabilities": "exact byte-level (prefix covering)"}),
                                  "weights_fitted_on": FITTED_ON.get(w, "the context (prompt) only")}
         return out
+
+    def _mined_provenance(self) -> dict[str, Any]:
+        return {"seed_member": self.pack.seed_member or f"lowest NLL per {self.pack.nll_norm} of the context",
+                "fit_tokens": FIT_TOKENS,
+                "probabilities": "token level over the seed's vocabulary: static MinED maps seed -> member, ids "
+                                 "translated token by token, log-probs gathered and renormalised (PackLLM's code)"}
 
     def _weights(self, a: Analysis, whole: WeightProblem | None = None,
                  demos: WeightProblem | None = None) -> dict[str, torch.Tensor]:
@@ -199,6 +225,8 @@ class PackScorer:
         if len(answers) != len(requests):
             raise InputError(f"{len(answers)} lists of demonstration answers for {len(requests)} examples")
         examples, per_member = self._read(requests)
+        if self.mined:
+            return self._mined_loglikelihoods(examples, per_member)
         # An answer that ran into the context's stripped spaces keeps the part still in the context.
         spans = [[(a, min(e, len(context))) for a, e in demo_answers if a < len(context)]
                  for (context, _), demo_answers in zip(examples, answers, strict=True)]
@@ -214,6 +242,29 @@ class PackScorer:
             j += 1
             scores, weights = self._fuse(context, continuations, reads, demo_answers)
             out.append(scores)
+            explained.append(self._explained(weights))
+        self._last = explained
+        return out
+
+    def _mined_loglikelihoods(self, examples: list[tuple[str, list[str]]],
+                              per_member: list[list[Read]]) -> list[dict[str, list[float]]]:
+        """``alignment="mined"``: each member's own column, and the pack's over the seed vocabulary
+        (`lmfuse.ensemble.mined.SeedFusion.loglikelihoods`)."""
+        scored = [(context, [reads_k[j] for reads_k in per_member])
+                  for j, (context, _) in enumerate(e for e in examples if e[1])]
+        fused_scores = self._mined().loglikelihoods(self.weightings, scored)
+        out: list[dict[str, list[float]]] = []
+        explained: list[dict[str, dict[str, float]]] = []
+        j = 0
+        for _, continuations in examples:
+            if not continuations:
+                out.append({name: [] for name in self.systems()})
+                explained.append({})
+                continue
+            (scores, weights), (_, reads) = fused_scores[j], scored[j]
+            j += 1
+            out.append({**{m.name: [float(r.token_logprobs.sum()) for r in conts]
+                           for m, (_, conts) in zip(self.pack.members, reads, strict=True)}, **scores})
             explained.append(self._explained(weights))
         self._last = explained
         return out
@@ -263,6 +314,13 @@ class PackScorer:
             runs = [read_text(m, text, self.window) for m in pack.members]
             for m, r in zip(pack.members, runs, strict=True):
                 result[m.name].append(float(r.token_logprobs.sum()))
+            if self.mined:
+                scores, weights = self._mined().text(self.weightings, text, runs, self.window,
+                                                     preceding[j] if preceding is not None else None)
+                self._last = [self._explained(weights)]
+                for name, value in scores.items():
+                    result[name].append(value)
+                continue
             a = pack.analyse(text, runs)
             problem = pack.byte_problem(text, runs, (0, len(text.encode("utf-8"))), a.nll)
             if preceding is not None and preceding[j]:
