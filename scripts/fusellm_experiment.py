@@ -45,15 +45,13 @@ import resource
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Held-out Python: (distribution, file inside it). Original code of pure-Python packages pinned in
 # constraints.txt (no copy of a stdlib module: hjson's decoder, a json/decoder.py descendant, is left out).
@@ -81,12 +79,13 @@ class Scale:
 
 
 SCALES = {
-    # Sizes from the pilot (docs/fuse.md, "Experiment on Python code").
-    "cpu": Scale("recipes/fusellm-code-cpu.yaml", train_chars=400_000, heldout_file_chars=3_000, eval_chars=1_000,
+    # ~94k SmolLM2 tokens per run, ~80 optimizer steps; ~4 CPU-hours in all (the pilot's costs, docs/fuse.md).
+    "cpu": Scale("recipes/fusellm-code-cpu.yaml", train_chars=300_000, heldout_file_chars=3_000, eval_chars=1_000,
                  parts=1, precision="no"),
-    # >= 100x the CPU run's tokens on one H100 in 10 minutes (sizing arithmetic in docs/fuse.md).
-    "gpu": Scale("recipes/fusellm-code-gpu.yaml", train_chars=40_000_000, heldout_file_chars=30_000,
-                 eval_chars=2_000, parts=14, precision="bf16"),
+    # 100x the CPU run's training tokens (30M characters: nearly all of the stdlib's 31.5M), on one H100 in
+    # about 10 minutes; 15 parts keep 15 of the 16 host cores aligning (sizing arithmetic in docs/fuse.md).
+    "gpu": Scale("recipes/fusellm-code-gpu.yaml", train_chars=30_000_000, heldout_file_chars=30_000,
+                 eval_chars=2_000, parts=15, precision="bf16"),
     "tiny": Scale("recipes/fusellm-code-tiny.yaml", train_chars=3_000, heldout_file_chars=300, eval_chars=200,
                   parts=1, precision="no"),
 }
@@ -177,15 +176,24 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-@contextmanager
-def timed(times: dict[str, dict[str, float]], key: str, save: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """Add the block's wall and CPU seconds to ``times[key]`` (summed over resumed attempts that finished)."""
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    yield
-    entry = times.setdefault(key, {"wall_s": 0.0, "cpu_s": 0.0})
-    entry["wall_s"] += time.perf_counter() - wall
-    entry["cpu_s"] += cpu_seconds() - cpu
-    save()
+class Times:
+    """Wall and CPU seconds per step, kept in ``path`` (summed over the attempts that finished)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.table: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def add(self, key: str, wall_s: float, cpu_s: float) -> None:
+        entry = self.table.setdefault(key, {"wall_s": 0.0, "cpu_s": 0.0})
+        entry["wall_s"] += wall_s
+        entry["cpu_s"] += cpu_s
+        write_json(self.path, self.table)
+
+    @contextmanager
+    def measure(self, key: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        yield
+        self.add(key, time.perf_counter() - wall, cpu_seconds() - cpu)
 
 
 # ---- 2. shared stages -------------------------------------------------------------------------------------------
@@ -198,8 +206,9 @@ def shared_part(recipe_path: str, overrides: list[str], progress: bool) -> dict[
     run = Run(load_recipe(recipe_path, overrides), progress=progress)
     times: dict[str, dict[str, float]] = {}
     for stage in SHARED_STAGES:
-        with timed(times, stage):
-            run.run((stage,))
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        run.run((stage,))
+        times[stage] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
     return times
 
 
@@ -401,33 +410,42 @@ def report(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], logs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Training CLM loss per step (moving mean over up to 10 steps) and held-out bpb per run."""
+    """Training CLM loss per step; its paired gap to plain training (same rows at every step, so the rows'
+    own difficulty cancels), running mean; held-out bpb per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(12, 4.5))
-    variants_ = sorted({r["variant"] for r in results["runs"].values()})
-    colour = {v: f"C{i}" for i, v in enumerate(variants_)}
+    fig, (ax_loss, ax_gap, ax_bpb) = plt.subplots(1, 3, figsize=(16, 4.5))
+    runs = results["runs"]
+    colour = {v: f"C{i}" for i, v in enumerate(sorted({r["variant"] for r in runs.values()}))}
+    first_seed = results["settings"]["seeds"][0]
     for name, log in logs.items():
         if not log:
             continue
-        run = results["runs"][name]
+        run = runs[name]
+        style = {"color": colour[run["variant"]], "linestyle": "-" if run["seed"] == first_seed else "--", "label": name}
         steps = np.asarray([r["step"] for r in log])
         clm = np.asarray([r["clm"] for r in log])
         width = max(1, min(10, len(clm) // 5))  # short runs (a pilot) are drawn as they are
-        smooth = np.convolve(clm, np.ones(width) / width, mode="valid")
-        ax_loss.plot(steps[width - 1:], smooth, color=colour[run["variant"]],
-                     linestyle="-" if run["seed"] == results["settings"]["seeds"][0] else "--", label=name)
-    ax_loss.set(xlabel="optimizer step", ylabel="training CLM loss (nats/token, moving mean of up to 10 steps)",
-                title="Learning curves (same rows, same order per seed)")
-    ax_loss.legend(fontsize=7)
+        ax_loss.plot(steps[width - 1:], np.convolve(clm, np.ones(width) / width, mode="valid"), **style)
+        plain = logs.get(f"plain-s{run['seed']}")
+        if run["variant"] != "plain" and plain and len(plain) == len(log):
+            gap = clm - np.asarray([r["clm"] for r in plain])
+            ax_gap.plot(steps, np.cumsum(gap) / np.arange(1, len(gap) + 1), **style)
+    ax_loss.set(xlabel="optimizer step", ylabel="training CLM loss (nats/token)",
+                title="Learning curves (moving mean of up to 10 steps)")
+    ax_gap.axhline(0, color="grey", linewidth=0.8)
+    ax_gap.set(xlabel="optimizer step", ylabel="CLM loss − plain's (nats/token)",
+               title="Paired gap to plain training, running mean")
+    for ax in (ax_loss, ax_gap):
+        ax.legend(fontsize=7)
     names = list(results["summary"]["models"])
     for i, name in enumerate(names):
         row = results["summary"]["models"][name]
-        c = colour.get(results["runs"].get(name, {}).get("variant", ""), "grey")
+        c = colour.get(runs.get(name, {}).get("variant", ""), "grey")
         ax_bpb.errorbar(i, row["bpb"], yerr=[[row["bpb"] - row["bpb_ci"][0]], [row["bpb_ci"][1] - row["bpb"]]],
                         fmt="o", color=c, capsize=3)
     ax_bpb.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
@@ -472,110 +490,128 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     started = time.perf_counter()
 
-    # 1. corpus
     manifest = build_corpus(work / "data", scale)
     if args.until == "corpus":
         return 0
-    from lmfuse.fuse.corpus import corpus_rows
+    times = Times(work / "times.json")
+    part_dirs = shared_stages(work, scale, args.set, times, progress)
+    if args.until == "shared":
+        return 0
+    runs = {f"{variant}-s{seed}": (variant, seed) for seed in seeds for variant in variants(lambdas)}
+    models = train_all(work, scale, args.set, runs, lambdas, part_dirs, times, progress)
+    if args.until == "train":
+        return 0
     from lmfuse.fuse.recipe import load_recipe
 
     recipe = load_recipe(scale.recipe, args.set)
-    times_path = work / "times.json"
-    times: dict[str, dict[str, float]] = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    chunks = heldout_chunks(work / "data" / "heldout", scale.eval_chars)
+    evals = evaluate_all(work / "eval.json", {"original": recipe.target.model, **{n: str(m) for n, m in models.items()}},
+                         [c for _, c in chunks], times)
+    command = " ".join(["python", *(sys.argv if argv is None else ["scripts/fusellm_experiment.py", *argv])])
+    settings = {"command": command, "scale": args.scale, "recipe_path": scale.recipe,
+                "scale_settings": dataclasses.asdict(scale), "overrides": args.set, "seeds": seeds, "lambdas": lambdas,
+                "variants": variants(lambdas), "precision": scale.precision, "python": platform.python_version(),
+                "load": f"load average {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} on {os.cpu_count()} CPUs",
+                "eval_chars": scale.eval_chars, "wall_seconds_this_call": time.perf_counter() - started}
+    results = collect(settings, manifest, recipe, part_dirs, runs, models, evals, [f for f, _ in chunks], times)
+    write_report(results, args.out)
+    return 0
 
-    def save_times() -> None:
-        write_json(times_path, times)
 
-    # 2. shared stages
+def shared_stages(work: Path, scale: Scale, overrides: list[str], times: Times, progress: bool) -> list[Path]:
+    """Extract, align and combine every part once (finished parts are only checked); their directories."""
+    from lmfuse.fuse.corpus import corpus_rows
+    from lmfuse.fuse.recipe import load_recipe
+
     train_dir = work / "data" / "train"
-    num_rows = len(corpus_rows(train_dir, max_chars=recipe.data.max_chars))
+    num_rows = len(corpus_rows(train_dir, max_chars=load_recipe(scale.recipe, overrides).data.max_chars))
     parts = part_overrides(train_dir, num_rows, scale.parts, work / "shared")
     part_dirs = [Path(p[-1].split("=", 1)[1]) for p in parts]
-    part_recipes = [[*args.set, *p] for p in parts]
+    part_recipes = [[*overrides, *p] for p in parts]
     if all((d / "combine" / "manifest.json").is_file() for d in part_dirs):
-        for overrides in part_recipes:  # finished: only refuse settings that differ from those they were made with
-            check_settings(scale.recipe, overrides)
+        for part in part_recipes:  # finished: only refuse settings that differ from those they were made with
+            check_settings(scale.recipe, part)
     else:
         for stage, t in run_shared(scale.recipe, part_recipes, progress).items():
-            entry = times.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0})
-            entry["wall_s"] += t["wall_s"]
-            entry["cpu_s"] += t["cpu_s"]
-        save_times()
-    if args.until == "shared":
-        return 0
+            times.add(stage, t["wall_s"], t["cpu_s"])
+    return part_dirs
 
-    # 3. train: seed-major, so a stopped run has complete pairs for its first seeds
-    from lmfuse.fuse.train import load_fused, read_train_log, trained_tokens
 
-    examples = [(row,) for d in part_dirs for row in load_fused(d / "combine")]
-    runs: dict[str, tuple[str, int]] = {}
+def train_all(work: Path, scale: Scale, overrides: list[str], runs: dict[str, tuple[str, int]], lambdas: list[float],
+              part_dirs: list[Path], times: Times, progress: bool) -> dict[str, Path]:
+    """Every run in order (seed-major: a stopped experiment has complete pairs for its first seeds).
+
+    Training calls the stage function on the parts' fused rows concatenated (``Run`` trains on one combine
+    directory); ``check_settings`` still refuses a run directory made with other settings."""
+    from lmfuse.fuse.train import load_fused
+
+    examples: list[Any] | None = None  # read once, and only when a run still has to train
     models: dict[str, Path] = {}
-    for seed in seeds:
-        for variant, overrides in variants(lambdas).items():
-            name = f"{variant}-s{seed}"
-            runs[name] = (variant, seed)
-            out = work / "runs" / name
-            run_overrides = [*args.set, f"data.path={train_dir}", *overrides, f"train.seed={seed}", f"output_dir={out}"]
-            if (out / "train" / "model" / "config.json").is_file():
-                check_settings(scale.recipe, run_overrides)
-                models[name] = out / "train" / "model"
-                continue
-            with timed(times, f"train {name}", save_times):
-                models[name] = train_run(scale.recipe, run_overrides, examples, progress)
-            print(f"[{name}] trained -> {models[name]}", flush=True)
-    if args.until == "train":
-        return 0
+    for name, (variant, seed) in runs.items():
+        out = work / "runs" / name
+        run_overrides = [*overrides, f"data.path={work / 'data' / 'train'}", *variants(lambdas)[variant],
+                         f"train.seed={seed}", f"output_dir={out}"]
+        if (out / "train" / "model" / "config.json").is_file():
+            check_settings(scale.recipe, run_overrides)
+            models[name] = out / "train" / "model"
+            continue
+        if examples is None:
+            examples = [(row,) for d in part_dirs for row in load_fused(d / "combine")]
+        with times.measure(f"train {name}"):
+            models[name] = train_run(scale.recipe, run_overrides, examples, progress)
+        print(f"[{name}] trained -> {models[name]}", flush=True)
+    return models
 
-    # 4. evaluate (each model's numbers are kept as they finish)
-    chunks = heldout_chunks(work / "data" / "heldout", scale.eval_chars)
-    eval_path = work / "eval.json"
-    evals: dict[str, dict[str, list[Any]]] = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
-    for name, spec in [("original", recipe.target.model), *((n, str(p)) for n, p in models.items())]:
+
+def evaluate_all(path: Path, models: dict[str, str], chunks: list[str], times: Times) -> dict[str, dict[str, list[Any]]]:
+    """Every model's per-chunk NLL and bytes, kept in ``path`` model by model (a rerun skips finished ones)."""
+    evals: dict[str, dict[str, list[Any]]] = json.loads(path.read_text()) if path.is_file() else {}
+    for name, spec in models.items():
         if name not in evals:
-            with timed(times, f"eval {name}", save_times):
-                evals[name] = evaluate(spec, [c for _, c in chunks])
-            write_json(eval_path, evals)
-            print(f"[{name}] held-out bpb {sum(evals[name]['nll']) / sum(evals[name]['bytes']) / math.log(2):.4f}",
-                  flush=True)
+            with times.measure(f"eval {name}"):
+                evals[name] = evaluate(spec, chunks)
+            write_json(path, evals)
+            bpb = sum(evals[name]["nll"]) / sum(evals[name]["bytes"]) / math.log(2)
+            print(f"[{name}] held-out bpb {bpb:.4f}", flush=True)
+    return evals
 
-    # 5. report
+
+def collect(settings: dict[str, Any], manifest: dict[str, Any], recipe: Any, part_dirs: list[Path],
+            runs: dict[str, tuple[str, int]], models: dict[str, Path], evals: dict[str, dict[str, list[Any]]],
+            chunk_files: list[str], times: Times) -> dict[str, Any]:
+    """Everything the report shows, and the raw numbers behind it (``results.json``)."""
     import yaml
 
     from lmfuse.fuse.dist import process_state
+    from lmfuse.fuse.train import read_train_log, trained_tokens
 
     logs = {name: read_train_log(models[name].parent / "train_log.jsonl") for name in runs}
     candidates = [recipe.target.slug, *(s.slug for s in recipe.sources)]
     teachers = teacher_diagnostics(part_dirs, candidates)
-    target_tokens = teachers["tokens"][candidates[0]]
     run_rows = {name: {"variant": v, "seed": s, "tokens": trained_tokens(models[name].parent / "train_log.jsonl"),
                        "steps": logs[name][-1]["step"] if logs[name] else None} for name, (v, s) in runs.items()}
-    stage_tokens: dict[str, int | None] = {"extract": sum(teachers["tokens"].values()), "align": target_tokens,
-                                           "combine": target_tokens}
-    stage_tokens.update({f"train {n}": r["tokens"] for n, r in run_rows.items()})
+    target_tokens = teachers["tokens"][candidates[0]]
+    stage_tokens = {"extract": sum(teachers["tokens"].values()), "align": target_tokens, "combine": target_tokens,
+                    **{f"train {n}": r["tokens"] for n, r in run_rows.items()}}
     train_files = [f for f in manifest["files"] if f["file"].startswith("train/")]
-    settings = {
-        "command": " ".join(["python", *(sys.argv if argv is None else ["scripts/fusellm_experiment.py", *argv])]),
-        "scale": args.scale, "recipe_path": scale.recipe, "scale_settings": dataclasses.asdict(scale),
-        "overrides": args.set, "seeds": seeds, "lambdas": lambdas, "variants": variants(lambdas),
-        "device": str(process_state().device), "precision": scale.precision, "python": platform.python_version(),
-        "load": f"load average {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} on {os.cpu_count()} CPUs",
-        "train_files": len(train_files), "train_chars": sum(f["chars"] for f in train_files),
-        "heldout_files": [f["source"] for f in manifest["files"] if f["file"].startswith("heldout/")],
-        "eval_chars": scale.eval_chars, "wall_seconds_this_call": time.perf_counter() - started,
-        "recipe": yaml.safe_load((part_dirs[0] / "recipe.resolved.yaml").read_text())}
-    results = {"settings": settings, "summary": summarise(evals, runs, seeds), "runs": run_rows,
-               "teachers": teachers, "times": times, "stage_tokens": stage_tokens, "corpus": manifest,
-               "train_logs": logs, "per_chunk": {"files": [f for f, _ in chunks], **evals}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    text = report(results)
+    settings = {**settings, "device": str(process_state().device), "train_files": len(train_files),
+                "train_chars": sum(f["chars"] for f in train_files),
+                "heldout_files": [f["source"] for f in manifest["files"] if f["file"].startswith("heldout/")],
+                "recipe": yaml.safe_load((part_dirs[0] / "recipe.resolved.yaml").read_text())}
+    return {"settings": settings, "summary": summarise(evals, runs, list(dict.fromkeys(s for _, s in runs.values()))),
+            "runs": run_rows, "teachers": teachers, "times": times.table, "stage_tokens": stage_tokens,
+            "corpus": manifest, "train_logs": logs, "per_chunk": {"files": chunk_files, **evals}}
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
     from lmfuse.atomic import write_text
 
-    write_text(args.out / "report.md", text)
-    plot(results, logs, args.out / "curves.png")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    text = report(results)
+    write_text(out / "report.md", text)
+    plot(results, results["train_logs"], out / "curves.png")
     print(text)
-    return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
