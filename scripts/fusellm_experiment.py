@@ -184,9 +184,12 @@ class Times:
         self.table: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
 
     def add(self, key: str, wall_s: float, cpu_s: float) -> None:
+        """Also records the 1-minute load average when the step ended: other jobs on the machine inflate the
+        wall time (CPU time barely moves)."""
         entry = self.table.setdefault(key, {"wall_s": 0.0, "cpu_s": 0.0})
         entry["wall_s"] += wall_s
         entry["cpu_s"] += cpu_s
+        entry["load"] = round(os.getloadavg()[0], 2)
         write_json(self.path, self.table)
 
     @contextmanager
@@ -366,7 +369,7 @@ def report(results: dict[str, Any]) -> str:
     lines = ["# FuseLLM on Python code: fusion vs plain continued training", "",
              f"Command: `{s['command']}`", "",
              f"Scale `{s['scale']}`: recipe `{s['recipe_path']}`, device {s['device']}, precision {s['precision']}; "
-             f"load at the start: `{s['load']}`.", "",
+             f"when this report was written: {s['load']} (per step: the cost table).", "",
              f"Corpus: {s['train_files']} stdlib modules ({s['train_chars']:,} characters, Python "
              f"{s['python']}), {teachers['rows']} rows; held out: {len(s['heldout_files'])} windows of pinned "
              f"third-party files ({summary['bytes']:,} bytes, {summary['chunks']} chunks of at most "
@@ -388,6 +391,19 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"| {variant} | {fmt_diff(pooled['vs_plain']) if pooled else ''} "
                      f"| {', '.join(map(str, pooled['seeds'])) if pooled else ''} "
                      f"| {fmt_diff(summary['seed_spread'].get(variant))} |")
+    lines += ["", "## Training losses", "",
+              "Mean over the steps of each loss term (nats per target token); the fusion term (cross-entropy "
+              "against the fused teacher) is computed for plain training too, where it weighs 0. At a one-hot "
+              "fallback (a target token the source does not align 1:1) the teacher is the label and the two terms "
+              "are equal; in rows where MinCE picked the target, the teacher is the target's own original top-k.",
+              "",
+              "| run | steps | CLM | fusion | fusion − CLM | CLM, last 10 % of steps |", "|---|---:|---:|---:|---:|---:|"]
+    for name, log in results["train_logs"].items():
+        if log:
+            clm, fusion = (sum(r[k] for r in log) / len(log) for k in ("clm", "fusion"))
+            tail = log[-max(1, len(log) // 10):]
+            lines.append(f"| {name} | {len(log)} | {clm:.4f} | {fusion:.4f} | {fusion - clm:+.4f} "
+                         f"| {sum(r['clm'] for r in tail) / len(tail):.4f} |")
     cands = list(teachers["bpb"])
     lines += ["", "## The teacher on the training rows", "",
               "| candidate | bpb on training rows | MinCE picks (rows) | target tokens aligned 1:1 | tokens |",
@@ -397,11 +413,12 @@ def report(results: dict[str, Any]) -> str:
                      f"| {teachers['aligned_share'][c]:.1%} | {teachers['tokens'][c]:,} |")
     lines += ["", f"MinCE teacher (the picked candidate per row): {teachers['teacher_bpb']:.4f} bpb; target alone "
               f"{teachers['bpb'][cands[0]]:.4f}.", "", "## Cost", "",
-              "| step | wall s | CPU s | tokens | CPU s per 1k tokens |", "|---|---:|---:|---:|---:|"]
+              "| step | wall s | CPU s | tokens | CPU s per 1k tokens | load average at its end |",
+              "|---|---:|---:|---:|---:|---:|"]
     for key, t in results["times"].items():
         tokens = results["stage_tokens"].get(key)
         per_k = f"{t['cpu_s'] / tokens * 1000:.1f}" if tokens else ""
-        lines.append(f"| {key} | {t['wall_s']:.0f} | {t['cpu_s']:.0f} | {tokens or ''} | {per_k} |")
+        lines.append(f"| {key} | {t['wall_s']:.0f} | {t['cpu_s']:.0f} | {tokens or ''} | {per_k} | {t.get('load', '')} |")
     lines += ["", "Shared stages count every member's tokens (extract) or the target's (align, combine); "
               "train the tokens the run trained on; evaluation the held-out tokens are not counted. Time "
               "spent in an attempt that was killed is not counted.", "",

@@ -110,7 +110,8 @@ def paired_bootstrap_ratio_diff(
     the difference of the two ratios of sums, every resample taking the same chunks for both models.
     """
     diff = np.asarray(num_a, dtype=np.float64) - np.asarray(num_b, dtype=np.float64)
-    lo, hi = bootstrap_ratio_interval(diff, denominators, n_boot, seed, level)  # the same resamples for a and b
+    # Resampling the chunks' differences resamples the same chunks for a and b.
+    lo, hi = bootstrap_ratio_interval(diff.tolist(), denominators, n_boot, seed, level)
     return float(diff.sum() / np.sum(denominators, dtype=np.float64)), lo, hi
 
 
