@@ -67,14 +67,6 @@ def train_variants(recipe_path: str, work: Path, overrides: list[str], names: li
     return models
 
 
-def trained_tokens(model_dir: Path) -> int | None:
-    log = model_dir.parent / "train_log.jsonl"
-    if not log.is_file():
-        return None
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return sum(int(r.get("tokens", 0)) for r in rows) or None
-
-
 def evaluate(model: str, recipe: Any, held_out: int, max_new_tokens: int) -> dict[str, Any]:
     """Per-example response NLL (nats), response bytes and exact match of one model."""
     import torch
@@ -151,6 +143,7 @@ def report(summary: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from lmfuse.atomic import write_text
     from lmfuse.fuse.recipe import load_recipe
+    from lmfuse.fuse.train import trained_tokens
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
@@ -177,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in runs:  # each model's evaluation is kept as it finishes (resumable)
             t0 = time.perf_counter()
             runs[name] = {**evaluate(spec, recipe, args.held_out, args.max_new_tokens),
-                          "tokens": trained_tokens(Path(spec)) if name != "original" else 0}
+                          "tokens": trained_tokens(Path(spec).parent / "train_log.jsonl") if name != "original" else 0}
             write_text(cache, json.dumps(runs))
             print(f"[{name}] evaluated in {time.perf_counter() - t0:.0f} s", flush=True)
     summary = summarise(runs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from lmfuse.eval import metrics
@@ -69,6 +70,23 @@ def test_paired_bootstrap_diff_detects_a_real_gap_only() -> None:
     assert mean == pytest.approx(0.8) and lo > 0
     mean, lo, hi = metrics.paired_bootstrap_diff(a, a)
     assert mean == 0 and lo == 0 and hi == 0
+
+
+def test_paired_bootstrap_ratio_diff_is_the_bpb_gap_and_sees_a_consistent_one() -> None:
+    # Model a is 0.1 bits per byte better on every chunk, while the chunks themselves vary a lot: the paired
+    # interval is tight around -0.1 although each model's own interval is wide.
+    rng = np.random.default_rng(0)
+    nbytes = rng.integers(500, 2000, size=40).astype(float)
+    bits_b = nbytes * rng.uniform(0.5, 1.5, size=40)
+    bits_a = bits_b - 0.1 * nbytes
+    gap, lo, hi = metrics.paired_bootstrap_ratio_diff(bits_a, bits_b, nbytes)
+    assert gap == pytest.approx(sum(bits_a) / sum(nbytes) - sum(bits_b) / sum(nbytes))
+    assert gap == pytest.approx(-0.1) and lo == pytest.approx(-0.1) and hi == pytest.approx(-0.1)
+    own_lo, own_hi = metrics.bootstrap_ratio_interval(bits_b, nbytes)
+    assert own_hi - own_lo > 0.1
+    noisy = bits_b + rng.normal(0, 50, size=40)  # no systematic gap: the interval holds 0
+    _, lo, hi = metrics.paired_bootstrap_ratio_diff(noisy, bits_b, nbytes)
+    assert lo < 0 < hi
 
 
 def test_sample_indices_fixed_seed_subset() -> None:

@@ -304,6 +304,19 @@ def keep_logged_steps(log_path: Path, last: int) -> None:
         atomic.write_text(log_path, "".join(kept))
 
 
+def read_train_log(log_path: Path) -> list[dict[str, Any]]:
+    """The logged steps of ``train_log.jsonl`` in order (empty when there is no log; a torn last line is skipped)."""
+    if not log_path.is_file():
+        return []
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip() and _logged_step(line) < 1 << 62]
+
+
+def trained_tokens(log_path: Path) -> int | None:
+    """Tokens read by all logged steps (None without a log). Exact when ``log_every`` is 1."""
+    return sum(int(r.get("tokens", 0)) for r in read_train_log(log_path)) or None
+
+
 def _logged_step(line: str) -> int:
     try:
         return int(json.loads(line)["step"])
