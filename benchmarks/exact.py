@@ -114,7 +114,7 @@ def fidelity(pack: Pack, texts: dict[str, list[str]]) -> None:
             fused = -sum(scorer.text_logprob([t])["pack[fixed]"][0] for t in items) / 0.6931471805599453 / n_bytes
             other = []
             for t in items:
-                reading = one_hot.read_bytes(b, read_text(one_hot.members[b], t), t, (0, len(t.encode())))
+                reading = one_hot.vocab.read_bytes(b, read_text(one_hot.members[b], t), t, (0, len(t.encode())))
                 other.append(reading.other)
             leak = float(torch.cat(other).mean())
             rel = (fused - own) / own

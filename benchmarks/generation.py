@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from lmfuse.ensemble import Pack
-from lmfuse.ensemble.generate import Stream
+from lmfuse.ensemble.generate import Decoding, Stream, generate_all
 from lmfuse.models.member import Member
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,8 +38,8 @@ from generation_prompts import PROMPTS
 NEAR_TIE = 1e-4
 
 
-class Recording(Stream):
-    """A one-member stream that keeps, per step, where its token starts and its two likeliest tokens."""
+class Recording(Decoding):
+    """A one-member decoding that keeps, per step, where its token starts and its two likeliest tokens."""
 
     steps: list[tuple[int, list[int], float]]
 
@@ -53,9 +53,10 @@ class Recording(Stream):
 
 
 def own_greedy(member: Member, prompt: str, tokens: int) -> dict[str, Any]:
-    stream = Recording(Pack([member]), prompt, max_new_tokens=tokens)
-    text = "".join(stream)
-    return {"text": text, "steps": stream.steps, "seconds": stream.timings["decode"]}
+    pack = Pack([member])
+    recording = Recording(pack, prompt, max_new_tokens=tokens)
+    generate_all(pack, [recording], None)
+    return {"text": recording.text, "steps": getattr(recording, "steps", []), "seconds": recording.timings["decode"]}
 
 
 def fused_text(pack: Pack, prompt: str, chars: int, tokens: int) -> tuple[str, Stream, float]:

@@ -1,4 +1,4 @@
-"""Causal bits per byte of the pack's weightings on texts: packllm-opt, joint-eg, online at several rates, each
+"""Causal bits per byte of the pack's weightings on texts: packllm-opt and online at several rates, each
 member.
 
     python benchmarks/online.py --role dev                 # choose the online rate (development texts)
@@ -29,7 +29,7 @@ from lmfuse.ensemble import Pack
 from lmfuse.ensemble.runs import read_text
 from lmfuse.ensemble.weighting import follow, fused
 from lmfuse.eval import metrics
-from lmfuse.eval.tasks import load_task
+from lmfuse.eval.tasks import TextTask, load_task
 
 # Development texts choose the rate; held-out texts (the README main job's) only report it.
 TEXTS = {"dev": ["shakespeare:macbeth[5000:13000]", "stdlib:textwrap.py[0:12000]"],
@@ -44,16 +44,16 @@ def chunk_scores(pack: Pack, previous: str, chunk: str, rates: list[float], wind
     problem = pack.byte_problem(chunk, runs, (0, len(chunk.encode("utf-8"))), pack.analyse(chunk, runs).nll)
     before = pack.analyse(previous, [read_text(m, previous, window) for m in pack.members])
     start, _ = pack.fit(before, "packllm-opt")
-    assert problem.log_probs is not None and problem.targets is not None and problem.present is not None
+    log_probs, targets, present = problem.log_probs, problem.targets, problem.present
+    assert log_probs is not None and targets is not None and present is not None
 
     def total(weights: torch.Tensor) -> float:
-        lp = fused(problem.log_probs, weights, problem.present, problem.fusion)
-        return float(lp.gather(-1, problem.targets[:, None]).sum())
+        lp = fused(log_probs, weights, present, problem.fusion)
+        return float(lp.gather(-1, targets[:, None]).sum())
 
     out["pack[packllm-opt]"] = total(start)
-    out["pack[joint-eg]"] = total(pack.fit(before, "joint-eg")[0])
     for rate in rates:
-        out[f"pack[online {rate:g}]"] = total(follow(start, problem.log_probs, problem.targets, problem.present, rate,
+        out[f"pack[online {rate:g}]"] = total(follow(start, log_probs, targets, present, rate,
                                                      problem.fusion))
     return out
 
@@ -92,19 +92,20 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for spec in texts:
         task = load_task(spec)
+        assert isinstance(task, TextTask), f"{spec} is not a text task"
         chunks = task.chunks
         path = args.out / (spec.replace("/", "_").replace(":", "_") + ".jsonl")
         done = {json.loads(line)["chunk"]: json.loads(line) for line in path.open()} if path.exists() else {}
         rows, n_bytes = [], []
         for i in range(1, len(chunks)):
-            if i not in done or any(k not in done[i]["scores"] for k in ["pack[joint-eg]", *(f"pack[online {r:g}]" for r in rates)]):
+            if i not in done or any(k not in done[i]["scores"] for k in [f"pack[online {r:g}]" for r in rates]):
                 t0 = time.perf_counter()
                 done[i] = {"chunk": i, "bytes": len(chunks[i].encode("utf-8")),
                            "scores": chunk_scores(pack, chunks[i - 1], chunks[i], rates, args.window)}
                 with path.open("a") as f:
                     f.write(json.dumps(done[i]) + "\n")
                 print(f"  {spec} chunk {i}/{len(chunks) - 1}: {time.perf_counter() - t0:.1f} s", flush=True)
-            keep = ["pack[packllm-opt]", "pack[joint-eg]", *(f"pack[online {r:g}]" for r in rates)]
+            keep = ["pack[packllm-opt]", *(f"pack[online {r:g}]" for r in rates)]
             scores = done[i]["scores"]
             rows.append({k: v for k, v in scores.items() if not k.startswith("pack[") or k in keep})
             n_bytes.append(done[i]["bytes"])

@@ -155,7 +155,7 @@ def fit_share(pack: Pack, repeats: int = 2) -> None:
     runs = [read_text(m, LONG_PROMPT) for m in pack.members]
     forward = time.perf_counter() - t0
     a = pack.analyse(LONG_PROMPT, runs)
-    for weighting in ("packllm-opt", "joint-eg"):
+    for weighting in ("packllm-opt",):
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()

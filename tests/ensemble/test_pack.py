@@ -92,9 +92,9 @@ def test_identical_members_with_any_weights_reproduce_the_single_model(
 
 def test_scorer_systems_and_prefix_reuse_equals_recomputation(toy_members: dict[str, Member]) -> None:
     pack = Pack(list(toy_members.values()))
-    scorer = pack_scorer(pack, ["uniform", "top1", "packllm-sim", "packllm-opt", "joint-eg"])
+    scorer = pack_scorer(pack, ["uniform", "top1", "packllm-sim", "packllm-opt", "online"])
     assert scorer.systems() == [*pack.names, "pack[uniform]", "pack[top1]", "pack[packllm-sim]",
-                                "pack[packllm-opt]", "pack[joint-eg]"]
+                                "pack[packllm-opt]", "pack[online]"]
     out = scorer.loglikelihood("Whether 'tis nobler in the", [" mind", " heart to suffer"])
     assert set(out) == set(scorer.systems())
     assert all(len(v) == 2 and all(math.isfinite(x) and x < 0 for x in v) for v in out.values())

@@ -9,15 +9,6 @@ Every strategy is ``(problem, options) -> weights [K]`` on the simplex, register
 * ``packllm-opt``  — PackLLM-opt: models sorted by NLL, a greedy 21-point grid per added model minimising
   the fused NLL of the prompt, strict ``<`` so exact ties keep the smaller ``a`` (the newer model), no
   early stop (reference code ``cmavro/PackLLM`` @479e77d, ``modeling_llm_fusion.py``).
-* ``joint-eg``     — beyond the paper: starts from packllm-opt's weights and runs exponentiated-gradient
-  (mirror) descent on the *joint* fused-NLL objective over the whole simplex, keeping only improving
-  steps, so its fitted NLL is never worse than packllm-opt's.
-* ``demo-fit``     — beyond the paper: packllm-opt's greedy grid, minimising the fused NLL of the *answers of
-  labelled demonstrations* (k-shot: each solved example's correct option, given its question) instead of the
-  whole prompt's, so the weights favour the member that knows the answers, not the one that reads the
-  prompt best. Only a scorer given the demonstrations' answer spans can fit it (`lmfuse eval --shots K`).
-* ``demo-fit-task`` — the same, pooled per task: one set of weights fitted on the answers of the task's
-  labelled demonstrations (those the k-shot prompts show, never an evaluated example), used for every question.
 * ``online``       — beyond the paper: packllm-opt's weights on the prompt are where a text *starts*; scoring
   and decoding then update them after every byte (`follow`: exponentiated gradient on the fused log-loss
   with a fixed share, step ``online_rate`` per byte), so a member that becomes better later gains weight.
@@ -98,7 +89,7 @@ def fused(log_probs: torch.Tensor, weights: torch.Tensor, present: torch.Tensor,
 ONLINE = "online"
 LOG_IMPOSSIBLE = -1e4  # stands for -inf (a token a member cannot write) in the online update's gradient
 MAX_GRADIENT = 50.0  # one surprising byte moves the weights at most exp(rate * 50)
-FITS_ON_OBJECTIVE = ("packllm-opt", "joint-eg", ONLINE)  # strategies that minimise the fused NLL of the prompt
+FITS_ON_OBJECTIVE = ("packllm-opt", ONLINE)  # strategies that minimise the fused NLL of the prompt
 DEMO_FIT = "demo-fit"  # fitted per example, on the answers of the demonstrations in its prompt
 DEMO_FIT_TASK = "demo-fit-task"  # fitted once per task, on the answers of the task's demonstrations pooled
 FITS_ON_DEMONSTRATIONS = (DEMO_FIT, DEMO_FIT_TASK)  # strategies that minimise the fused NLL of demonstrations' answers
@@ -113,8 +104,6 @@ class WeightOptions:
     online_rate: float = DEFAULT_ONLINE_RATE  # ``online``: the weights' step size per byte (`updated`)
     fixed: Sequence[float] | None = None
     grid: int = 21  # PackLLM-opt's grid: a in {0, 1/20, ..., 1}
-    eg_steps: int = 40
-    eg_lr: float = 2.0
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -172,36 +161,6 @@ def packllm_opt(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
             w = best_a * w
             w[nxt] += 1.0 - best_a
     return w.float()
-
-
-@WEIGHTINGS.register("joint-eg")
-def joint_eg(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
-    """Exponentiated-gradient descent on the joint objective, from packllm-opt's weights (never worse)."""
-    start = packllm_opt(problem, options).double()
-    best = start.clone()
-    with torch.no_grad():
-        best_loss = float(problem.objective(best.float()))
-    # Mirror descent needs strictly positive weights; mix a little uniform in, then keep the best iterate.
-    w = 0.95 * start + 0.05 / problem.k
-    lr = options.eg_lr
-    for _ in range(options.eg_steps):
-        wv = w.float().clone().requires_grad_(True)
-        loss = problem.objective(wv)
-        (grad,) = torch.autograd.grad(loss, wv)
-        if float(loss.detach()) < best_loss:
-            best_loss, best = float(loss.detach()), w.clone()
-        # -inf log-probs make 0 * -inf and inf - inf terms in the gradient. A NaN step would leave the
-        # simplex (and the objective's equal-weight fallback would still score it), so stop at the best
-        # iterate so far: never worse than packllm-opt, as promised.
-        if not bool(torch.isfinite(grad).all()):
-            break
-        step = w * torch.exp(-lr * grad.double().clamp(-20, 20))
-        w = step / step.sum()
-    else:
-        with torch.no_grad():
-            if float(problem.objective(w.float())) < best_loss:
-                best = w
-    return best.float()
 
 
 @WEIGHTINGS.register(DEMO_FIT)
