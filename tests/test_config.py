@@ -45,3 +45,10 @@ def test_server_settings_are_checked_when_replaced_too() -> None:
 def test_a_bad_pack_field_is_one_line_naming_it(fields: dict[str, object], kind: type[Exception], message: str) -> None:
     with pytest.raises(kind, match=message):
         PackConfig.of(**fields)
+
+
+def test_the_api_key_stays_out_of_the_servers_repr() -> None:
+    from lmfuse.serve import ServeConfig
+
+    config = ServeConfig(api_key="s3cret-key")
+    assert config.api_key == "s3cret-key" and "s3cret-key" not in repr(config)

@@ -29,7 +29,7 @@ class ServeConfig:
     model_name: Annotated[str, Field(min_length=1)] = "lmfuse-pack"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    api_key: str | None = None
+    api_key: str | None = Field(default=None, repr=False)  # never in a log line or a traceback
     max_tokens_limit: Positive = 512
     default_max_tokens: Positive = 64
     max_batch: Positive = 8
