@@ -153,13 +153,18 @@ class PackScorer:
         for b in range(0, len(demonstrations), LEARN_BATCH):
             examples, per_member = self._read([(c, [a]) for c, a in demonstrations[b : b + LEARN_BATCH]])
             for j, (context, (answer,)) in enumerate(examples):
-                text = context + answer
-                runs = [_joined(reads[j][0], reads[j][1][0], len(context)) for reads in per_member]
-                problems.append(self.pack.byte_problem(text, runs, (len(context.encode("utf-8")),
-                                                                    len(text.encode("utf-8"))), torch.zeros(len(runs))))
+                problems.append(self._option_problem(context, answer, [reads[j] for reads in per_member], 0))
         problem = joined_problems(problems)
         base = Analysis("", [], problem.nll, 0.0)
         self._task_weights = self.pack.fit(base, DEMO_FIT_TASK, problem)[0]
+
+    def _option_problem(self, context: str, option: str, reads: list[Read], j: int) -> WeightProblem:
+        """The byte problem of option ``j`` after its context: each member reads context + option in its own
+        tokens (the context's, then the option's), and the positions are the option's bytes."""
+        text = context + option
+        runs = [_joined(ctx, conts[j], len(context)) for ctx, conts in reads]
+        return self.pack.byte_problem(text, runs, (len(context.encode("utf-8")), len(text.encode("utf-8"))),
+                                      torch.zeros(len(runs)))
 
     def _read(self, requests: Sequence[tuple[str, Sequence[str]]]) -> tuple[list[tuple[str, list[str]]], list[list[Read]]]:
         """The examples as the members read them (context, continuations), and each member's reading of each
@@ -289,14 +294,9 @@ class PackScorer:
             weights = self._weights(base)
         for name in weights:
             result[name] = []
-        start = len(context.encode("utf-8"))
         for j, cont in enumerate(continuations):
-            # Each member reads context + continuation in its own tokens (the context's, then the
-            # continuation's); the fused score is the sum of the fused next-byte log-probs of the
-            # continuation's bytes.
-            text = context + cont
-            runs = [_joined(ctx, conts[j], len(context)) for ctx, conts in reads]
-            problem = pack.byte_problem(text, runs, (start, len(text.encode("utf-8"))), torch.zeros(len(runs)))
+            # The fused score is the sum of the fused next-byte log-probs of the continuation's bytes.
+            problem = self._option_problem(context, cont, reads, j)
             for name, v in fused_byte_logprobs(problem, self._following(weights, problem)).items():
                 result[name].append(float(v.sum()))
         return result, weights
