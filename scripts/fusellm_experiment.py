@@ -488,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-chars", type=int, help="characters per held-out chunk")
     parser.add_argument("--parts", type=int, help="parallel processes for extract / align / combine")
     parser.add_argument("--precision", choices=("no", "bf16"), help="training precision (accelerate)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained side by side, each in its own process (CPU: one per core)")
     parser.add_argument("--until", choices=("corpus", "shared", "train", "report"), default="report",
                         help="stop after this step (a pilot of the shared stages, say)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -498,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         "eval_chars": args.eval_chars, "parts": args.parts, "precision": args.precision}.items() if v is not None})
     seeds = [int(s) for s in args.seeds.split(",") if s]
     lambdas = [float(x) for x in args.lambdas.split(",") if x]
-    if len(seeds) != len(set(seeds)) or not seeds or scale.parts < 1:
-        parser.error(f"--seeds needs distinct seeds (got {args.seeds!r}) and --parts at least 1 (got {scale.parts})")
+    if len(seeds) != len(set(seeds)) or not seeds or scale.parts < 1 or args.jobs < 1:
+        parser.error(f"--seeds needs distinct seeds (got {args.seeds!r}), --parts and --jobs at least 1 "
+                     f"(got {scale.parts} and {args.jobs})")
     # Before accelerate reads it: float32 master weights, bfloat16 autocast in the forward passes.
     os.environ["ACCELERATE_MIXED_PRECISION"] = scale.precision
     progress = not args.quiet
@@ -515,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.until == "shared":
         return 0
     runs = {f"{variant}-s{seed}": (variant, seed) for seed in seeds for variant in variants(lambdas)}
-    models = train_all(work, scale, args.set, runs, lambdas, part_dirs, times, progress)
+    models = train_all(work, scale, args.set, runs, lambdas, part_dirs, times, progress, args.jobs)
     if args.until == "train":
         return 0
     from lmfuse.fuse.recipe import load_recipe
@@ -527,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", *(sys.argv if argv is None else ["scripts/fusellm_experiment.py", *argv])])
     settings = {"command": command, "scale": args.scale, "recipe_path": scale.recipe,
                 "scale_settings": dataclasses.asdict(scale), "overrides": args.set, "seeds": seeds, "lambdas": lambdas,
-                "variants": variants(lambdas), "precision": scale.precision, "python": platform.python_version(),
+                "variants": variants(lambdas), "precision": scale.precision, "jobs": args.jobs, "python": platform.python_version(),
                 "load": f"load average {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} on {os.cpu_count()} CPUs",
                 "eval_chars": scale.eval_chars, "wall_seconds_this_call": time.perf_counter() - started}
     results = collect(settings, manifest, recipe, part_dirs, runs, models, evals, [f for f, _ in chunks], times)
@@ -555,15 +558,15 @@ def shared_stages(work: Path, scale: Scale, overrides: list[str], times: Times, 
 
 
 def train_all(work: Path, scale: Scale, overrides: list[str], runs: dict[str, tuple[str, int]], lambdas: list[float],
-              part_dirs: list[Path], times: Times, progress: bool) -> dict[str, Path]:
-    """Every run in order (seed-major: a stopped experiment has complete pairs for its first seeds).
+              part_dirs: list[Path], times: Times, progress: bool, jobs: int = 1) -> dict[str, Path]:
+    """Every run, ``jobs`` at a time (seed-major: a stopped experiment has complete pairs for its first seeds).
 
     Training calls the stage function on the parts' fused rows concatenated (``Run`` trains on one combine
-    directory); ``check_settings`` still refuses a run directory made with other settings."""
-    from lmfuse.fuse.train import load_fused
-
-    examples: list[Any] | None = None  # read once, and only when a run still has to train
+    directory); ``check_settings`` still refuses a run directory made with other settings. With several
+    jobs each run trains in its own process on ``cpu_count // jobs`` threads (a run's result does not
+    depend on which process trains it: its seed fixes the data order and the initialisation is the target's)."""
     models: dict[str, Path] = {}
+    pending: dict[str, list[str]] = {}
     for name, (variant, seed) in runs.items():
         out = work / "runs" / name
         run_overrides = [*overrides, f"data.path={work / 'data' / 'train'}", *variants(lambdas)[variant],
@@ -571,13 +574,39 @@ def train_all(work: Path, scale: Scale, overrides: list[str], runs: dict[str, tu
         if (out / "train" / "model" / "config.json").is_file():
             check_settings(scale.recipe, run_overrides)
             models[name] = out / "train" / "model"
-            continue
-        if examples is None:
-            examples = [(row,) for d in part_dirs for row in load_fused(d / "combine")]
-        with times.measure(f"train {name}"):
-            models[name] = train_run(scale.recipe, run_overrides, examples, progress)
+        else:
+            pending[name] = run_overrides
+    def record(name: str, result: tuple[Path, float, float]) -> None:
+        models[name], wall_s, cpu_s = result
+        times.add(f"train {name}", wall_s, cpu_s)
         print(f"[{name}] trained -> {models[name]}", flush=True)
+
+    if jobs == 1 or len(pending) <= 1:
+        for name, o in pending.items():
+            record(name, train_worker(scale.recipe, o, part_dirs, 0, progress))
+        return models
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {name: pool.submit(train_worker, scale.recipe, o, part_dirs, threads, False)
+                   for name, o in pending.items()}
+        for name, future in futures.items():  # in submission order: times.json stays seed-major
+            record(name, future.result())
     return models
+
+
+def train_worker(recipe_path: str, overrides: list[str], part_dirs: list[Path], threads: int,
+                 progress: bool) -> tuple[Path, float, float]:
+    """One run (in a worker process when ``threads`` is set): its model directory, wall and CPU seconds."""
+    import torch
+
+    from lmfuse.fuse.train import load_fused
+
+    if threads:
+        torch.set_num_threads(threads)
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    examples = [(row,) for d in part_dirs for row in load_fused(d / "combine")]
+    model = train_run(recipe_path, overrides, examples, progress)
+    return model, time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def evaluate_all(path: Path, models: dict[str, str], chunks: list[str], times: Times) -> dict[str, dict[str, list[Any]]]:

@@ -154,3 +154,24 @@ def test_gpu_preset_paths_parallel_parts_and_bf16_give_the_same_teacher(
     bf16, fp32 = result["train_logs"]["plain-s1"][0]["clm"], fp32_logs["plain-s1"][0]["clm"]
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
     assert result["runs"]["plain-s1"]["tokens"] == result["teachers"]["tokens"]["target"]
+
+
+@pytest.mark.slow  # ~40 s on the shared CPU: two runs trained side by side in spawned workers
+def test_runs_trained_side_by_side_equal_runs_trained_in_turn(
+        finished: tuple[ModuleType, Path, Path], tmp_path: Path) -> None:
+    """--jobs 2 trains each run in its own process: the same runs, losses and tokens as one after another."""
+    _, _, out = finished
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ACCELERATE_MIXED_PRECISION": "no"}
+    cmd = [sys.executable, "scripts/fusellm_experiment.py", *TINY, "--jobs", "2",
+           "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    side_by_side = json.loads((tmp_path / "o" / "results.json").read_text())
+    in_turn = json.loads((out / "results.json").read_text())
+    assert side_by_side["settings"]["jobs"] == 2
+    assert list(side_by_side["train_logs"]) == list(in_turn["train_logs"])
+    for name, log in in_turn["train_logs"].items():
+        assert [r["clm"] for r in side_by_side["train_logs"][name]] == pytest.approx([r["clm"] for r in log], rel=1e-4)
+        assert side_by_side["runs"][name]["tokens"] == in_turn["runs"][name]["tokens"]
+    # Each run's time is its own process's: all four are in the cost table.
+    assert {k for k in side_by_side["times"] if k.startswith("train ")} == {f"train {n}" for n in in_turn["runs"]}

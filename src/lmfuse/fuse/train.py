@@ -29,6 +29,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,9 @@ def train(
     # 4-step run). Run its schedule one step ahead over total + 1 steps: step s gets factor (s + 1) / warmup
     # while warming up, and the last step's cosine factor stays above 0.
     scheduler = cosine_schedule(optimizer, warmup, sched.total_steps + 1)
-    scheduler.step()
+    with warnings.catch_warnings():  # torch warns of a step before the optimizer's: here that is the intent
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
     fit_deepspeed(accelerator, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     # The schedule is neither prepared (accelerate's wrapper would step it once per process) nor registered
