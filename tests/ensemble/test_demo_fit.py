@@ -17,6 +17,7 @@ from lmfuse.errors import InputError
 from lmfuse.eval import metrics
 from lmfuse.eval.pack_scorer import pack_scorer
 from lmfuse.eval.runner import evaluate
+from lmfuse.eval.scorer import Demonstration
 from lmfuse.eval.tasks import MCExample, MCTask
 from lmfuse.models.member import Member
 
@@ -148,7 +149,7 @@ def test_demo_fit_task_fits_once_on_the_pooled_answers_and_weighs_every_question
         toy_members: dict[str, Member]) -> None:
     members = [toy_members["bytebpe"], toy_members["sentencepiece"], toy_members["wordpiece"]]
     scorer = pack_scorer(Pack(members), ["demo-fit-task", "packllm-opt"])
-    scorer.learn(DEMOS)
+    scorer.learn([Demonstration(c, (a, " nothing"), (0,)) for c, a in DEMOS])
     expected = fit_weights("packllm-opt", continuation_problem(members, DEMOS))
     results = scorer.loglikelihood_many([(QUERY, [" blue", " green"]), ("Q: And the grass?\nA:", [" green", " red"])])
     assert len(results) == 2
@@ -168,9 +169,10 @@ def test_pooled_demonstrations_are_the_shown_ones_never_an_evaluated_example() -
     assert len(pooled) == POOLED_DEMONSTRATIONS
     evaluated = {f"Task.\n Q{i}:" for i in shown}
     allowed = {f"Task.\n Q{j}:" for js in shown.values() for j in js}
-    for context, answer in pooled:
-        assert context in allowed and context not in evaluated
-        assert answer == " b" + context.removeprefix("Task.\n Q").removesuffix(":")
+    for demo in pooled:
+        assert demo.context in allowed and demo.context not in evaluated
+        i = demo.context.removeprefix("Task.\n Q").removesuffix(":")
+        assert demo.options == (f" a{i}", f" b{i}") and demo.answer == f" b{i}"
     assert pooled_demonstrations(examples, {i: [] for i in range(5)}, seed=5) == []
 
 
@@ -183,7 +185,8 @@ def test_an_evaluation_learns_each_tasks_weights_before_scoring_it(toy_members: 
     results = evaluate(pack_scorer(Pack(members), ["demo-fit-task"]), tasks, limit=2, shots=1, seed=0)
     for task, result in zip(tasks, results.tasks, strict=True):
         shown = {i: metrics.shot_indices(range(6), i, 1, seed=0) for i in result.indices}
-        expected = fit_weights("packllm-opt", continuation_problem(members, pooled_demonstrations(task.examples, shown, 0)))
+        pooled = pooled_demonstrations(task.examples, shown, 0)
+        expected = fit_weights("packllm-opt", continuation_problem(members, [(d.context, d.answer) for d in pooled]))
         per = result.per_example["pack[demo-fit-task]"]
         for k, m in enumerate(members):
             assert per[f"weight:{m.name}"] == pytest.approx([float(expected[k])] * 2, abs=1e-6)

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fused = parser.add_argument_group("fusion (PackLLM)")
     fused.add_argument("--weighting", default="",
                        help="comma-separated weighting strategies to evaluate as fused systems beside each member "
-                            "alone, e.g. packllm-opt,packllm-sim,uniform,top1,online, or demo-fit with --shots (one forward pass per member)")
+                            "alone, e.g. packllm-opt,packllm-sim,uniform,top1,online, "
+                            "or demo-fit, demo-fit-task, choice-fit-task with --shots (one forward pass per member)")
     fused.add_argument("--fusion", default="product", help="fusion rule for the fused systems: product, mixture")
     fused.add_argument("--alignment", default="exact", choices=ALIGNMENTS,
                        help="exact: each member read as the byte-level model its tokens define (the default); "

@@ -12,6 +12,10 @@ Every strategy is ``(problem, options) -> weights [K]`` on the simplex, register
 * ``online``       — beyond the paper: packllm-opt's weights on the prompt are where a text *starts*; scoring
   and decoding then update them after every byte (`follow`: exponentiated gradient on the fused log-loss
   with a fixed share, step ``online_rate`` per byte), so a member that becomes better later gains weight.
+* ``demo-fit``, ``demo-fit-task`` — beyond the paper: packllm-opt's grid on the fused NLL of labelled
+  demonstrations' answers (per prompt; pooled per task).
+* ``choice-fit-task`` — beyond the paper: packllm-opt's grid on a `ChoiceProblem`: the log-loss of choosing
+  the correct option among each pooled demonstration's options (discriminative, not generative).
 
 The objective (``WeightProblem.objective``) is the mean NLL of the prompt's bytes under the fused
 next-byte distribution, every member read as its exact byte-level model (`lmfuse.ensemble.bytelevel`); a
@@ -67,6 +71,46 @@ class WeightProblem:
         return -out.gather(-1, self.targets[:, None])[:, 0].mean()
 
 
+@dataclass(kw_only=True)
+class ChoiceProblem(WeightProblem):
+    """Multiple choice as a weight problem: the positions are the bytes of every option of Q labelled
+    questions (each option read after its question), and the objective is the log-loss of choosing a correct
+    option, not the NLL of the bytes.
+
+    ``option_of``: ``[T]`` the option (0..O-1) each position belongs to. ``question_of``: ``[O]`` the
+    question (0..Q-1) of each option. ``correct``: ``[O]`` bool, a correct option. ``option_bytes``: ``[O]``
+    each option's UTF-8 length. ``nll``: ``[K]`` each member's own objective (one-hot weights), which orders
+    packllm-opt's grid.
+    """
+
+    option_of: torch.Tensor
+    question_of: torch.Tensor
+    correct: torch.Tensor
+    option_bytes: torch.Tensor
+
+    def objective(self, weights: torch.Tensor) -> torch.Tensor:
+        """Mean over questions and over the two scorings evaluation reports (an option's summed log-prob,
+        ``acc``; per byte, ``acc_norm``) of ``-log softmax`` (over the question's options) of its correct ones."""
+        if self.log_probs is None or self.targets is None or self.present is None:
+            raise InputError("choice-fit needs the options' per-byte log-probs; none given")
+        per_byte = fused(self.log_probs, weights, self.present, self.fusion).gather(-1, self.targets[:, None])[:, 0]
+        option = torch.zeros(len(self.option_bytes), dtype=per_byte.dtype).index_add(0, self.option_of, per_byte)
+        losses = [choice_loss(scores, self.question_of, self.correct)
+                  for scores in (option, option / self.option_bytes.clamp_min(1))]
+        return torch.stack(losses).mean()
+
+
+def choice_loss(scores: torch.Tensor, question_of: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """``-mean_q log P(a correct option of q)`` under a softmax of ``scores [O]`` over each question's options."""
+    questions = int(question_of.max()) + 1
+    # Per question log-sum-exp of all its options and of its correct ones (segments of ``scores``).
+    shift = torch.full((questions,), -math.inf, dtype=scores.dtype).scatter_reduce(0, question_of, scores, "amax")
+    exp = (scores - shift[question_of]).exp()
+    total = torch.zeros(questions, dtype=scores.dtype).index_add(0, question_of, exp)
+    right = torch.zeros(questions, dtype=scores.dtype).index_add(0, question_of, exp * correct)
+    return -(right.log() - total.log()).mean()
+
+
 def renormalised(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """``[K]`` (or per position ``[K, T]``) weights -> ``[K, T]``: renormalised over the members present at
     each position; where every present member has weight 0, equal weights over them."""
@@ -92,7 +136,9 @@ MAX_GRADIENT = 50.0  # one surprising byte moves the weights at most exp(rate * 
 FITS_ON_OBJECTIVE = ("packllm-opt", ONLINE)  # strategies that minimise the fused NLL of the prompt
 DEMO_FIT = "demo-fit"  # fitted per example, on the answers of the demonstrations in its prompt
 DEMO_FIT_TASK = "demo-fit-task"  # fitted once per task, on the answers of the task's demonstrations pooled
-FITS_ON_DEMONSTRATIONS = (DEMO_FIT, DEMO_FIT_TASK)  # strategies that minimise the fused NLL of demonstrations' answers
+CHOICE_FIT_TASK = "choice-fit-task"  # fitted once per task, on choosing the pooled demonstrations' answers
+FITTED_PER_TASK = (DEMO_FIT_TASK, CHOICE_FIT_TASK)  # one set of weights per task (`PackScorer.learn`)
+FITS_ON_DEMONSTRATIONS = (DEMO_FIT, *FITTED_PER_TASK)  # strategies fitted on labelled demonstrations
 # The online update's step per byte, chosen on development texts (benchmarks/online.py,
 # docs/results/pack/online/README.md).
 DEFAULT_ONLINE_RATE = 0.03
@@ -165,10 +211,12 @@ def packllm_opt(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
 
 @WEIGHTINGS.register(DEMO_FIT)
 @WEIGHTINGS.register(DEMO_FIT_TASK)
+@WEIGHTINGS.register(CHOICE_FIT_TASK)
 def demo_fit(problem: WeightProblem, options: WeightOptions) -> torch.Tensor:
-    """Beyond the paper: packllm-opt's grid on a problem whose positions are the bytes of labelled
-    demonstrations' answers (built by `lmfuse.eval.pack_scorer.PackScorer`; `lmfuse.ensemble.pack.Pack.fit`
-    refuses it without one)."""
+    """Beyond the paper: packllm-opt's grid on a problem built from labelled demonstrations by
+    `lmfuse.eval.pack_scorer.PackScorer` (`lmfuse.ensemble.pack.Pack.fit` refuses these without one):
+    the bytes of their answers (``demo-fit``, ``demo-fit-task``) or choosing their answers among their
+    options (``choice-fit-task``, a `ChoiceProblem`)."""
     return packllm_opt(problem, options)
 
 

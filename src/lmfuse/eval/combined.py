@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lmfuse.eval.scorer import ExplainsWeights, LearnsFromDemonstrations, Scorer
+from lmfuse.eval.scorer import Demonstration, ExplainsWeights, LearnsFromDemonstrations, Scorer
 
 
 class CombinedScorer:
@@ -42,7 +42,7 @@ class CombinedScorer:
     def text_logprob(self, texts: Sequence[str], preceding: Sequence[str] | None = None) -> dict[str, list[float]]:
         return {k: v for scorer in self.scorers for k, v in scorer.text_logprob(texts, preceding).items()}
 
-    def learn(self, demonstrations: Sequence[tuple[str, str]]) -> None:
+    def learn(self, demonstrations: Sequence[Demonstration]) -> None:
         for scorer in self.scorers:
             if isinstance(scorer, LearnsFromDemonstrations):
                 scorer.learn(demonstrations)

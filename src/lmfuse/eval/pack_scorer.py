@@ -20,22 +20,28 @@ from lmfuse.ensemble.mined import FIT_TOKENS, SeedFusion
 from lmfuse.ensemble.pack import Analysis, Pack
 from lmfuse.ensemble.runs import TextRun, read_examples, read_text
 from lmfuse.ensemble.weighting import (
+    CHOICE_FIT_TASK,
     DEMO_FIT,
     DEMO_FIT_TASK,
     FITS_ON_DEMONSTRATIONS,
     FITS_ON_OBJECTIVE,
+    FITTED_PER_TASK,
     ONLINE,
     WEIGHTINGS,
+    ChoiceProblem,
     WeightProblem,
     follow,
     fused,
 )
 from lmfuse.errors import InputError
 from lmfuse.eval.member_scorer import HORIZONTAL_SPACE
+from lmfuse.eval.scorer import Demonstration
 
 Read = tuple[TextRun, list[TextRun]]  # a member's reading of a context and of each continuation after it
 FITTED_ON = {DEMO_FIT: "the answers of the demonstrations in the context",
-             DEMO_FIT_TASK: "the answers of the task's demonstrations, pooled (never an evaluated example)"}
+             DEMO_FIT_TASK: "the answers of the task's demonstrations, pooled (never an evaluated example)",
+             CHOICE_FIT_TASK: "choosing the correct options of the task's demonstrations, pooled (never an "
+                              "evaluated example)"}
 LEARN_BATCH = 16  # demonstrations read per forward pass by `PackScorer.learn`
 
 
@@ -78,7 +84,7 @@ class PackScorer:
     reuse_prefix: bool = True  # False re-reads the context for every option (the benchmark's baseline)
     window: int | None = None  # rolling-window tokens for whole texts (default: each member's context)
     _last: list[dict[str, dict[str, float]]] = field(default_factory=list, init=False, repr=False)  # batch_weights
-    _task_weights: torch.Tensor | None = field(default=None, init=False, repr=False)  # demo-fit-task's (`learn`)
+    _task_weights: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # `learn`'s
     _seed_fusion: SeedFusion | None = field(default=None, init=False, repr=False)  # alignment "mined"'s maps
 
     def __post_init__(self) -> None:
@@ -131,32 +137,43 @@ class PackScorer:
         problem: WeightProblem | None = None
         out = {}
         for name in self.weightings:
-            if name == DEMO_FIT_TASK:
-                if self._task_weights is None:
+            if name in FITTED_PER_TASK:
+                if name not in self._task_weights:
                     raise InputError(self._needs_shots())
-                out[f"pack[{name}]"] = self._task_weights
+                out[f"pack[{name}]"] = self._task_weights[name]
                 continue
             if name in FITS_ON_OBJECTIVE and problem is None and len(self.pack.members) > 1:
                 problem = self.pack.problem(a) if whole is None else last_positions(whole, self.pack.fit_bytes)
             out[f"pack[{name}]"] = self.pack.fit(a, name, demos if name in FITS_ON_DEMONSTRATIONS else problem)[0]
         return out
 
-    def learn(self, demonstrations: Sequence[tuple[str, str]]) -> None:
-        """``demo-fit-task``'s weights for the task about to be scored, fitted on the answers of its solved
-        examples, each read after its question (`lmfuse.eval.scorer.LearnsFromDemonstrations`)."""
-        self._task_weights = None
-        if DEMO_FIT_TASK not in self.weightings:
+    def learn(self, demonstrations: Sequence[Demonstration]) -> None:
+        """The per-task strategies' weights for the task about to be scored, fitted on its solved examples
+        (`lmfuse.eval.scorer.LearnsFromDemonstrations`): ``demo-fit-task`` on the bytes of their correct
+        options, ``choice-fit-task`` on choosing them among all their options; each option read after its
+        question, as evaluation reads it."""
+        self._task_weights = {}
+        chosen = [w for w in self.weightings if w in FITTED_PER_TASK]
+        if not chosen:
             return
         if not demonstrations:
             raise InputError(self._needs_shots())
-        problems = []
+        every_option = CHOICE_FIT_TASK in chosen  # demo-fit-task alone reads only the answers
+        per_option: list[list[WeightProblem]] = []  # per demonstration, its options' problems
         for b in range(0, len(demonstrations), LEARN_BATCH):
-            examples, per_member = self._read([(c, [a]) for c, a in demonstrations[b : b + LEARN_BATCH]])
-            for j, (context, (answer,)) in enumerate(examples):
-                problems.append(self._option_problem(context, answer, [reads[j] for reads in per_member], 0))
-        problem = joined_problems(problems)
-        base = Analysis("", [], problem.nll, 0.0)
-        self._task_weights = self.pack.fit(base, DEMO_FIT_TASK, problem)[0]
+            batch = demonstrations[b : b + LEARN_BATCH]
+            requests = [(d.context, d.options if every_option else (d.answer,)) for d in batch]
+            examples, per_member = self._read(requests)
+            for j, (context, options) in enumerate(examples):
+                reads = [reads_k[j] for reads_k in per_member]
+                per_option.append([self._option_problem(context, o, reads, i) for i, o in enumerate(options)])
+        answers = [options[d.correct[0] if every_option else 0] for d, options in zip(demonstrations, per_option,
+                                                                                       strict=True)]
+        problems = {DEMO_FIT_TASK: lambda: joined_problems(answers),
+                    CHOICE_FIT_TASK: lambda: choice_problem(demonstrations, per_option)}
+        for name in chosen:
+            problem = problems[name]()
+            self._task_weights[name] = self.pack.fit(Analysis("", [], problem.nll, 0.0), name, problem)[0]
 
     def _option_problem(self, context: str, option: str, reads: list[Read], j: int) -> WeightProblem:
         """The byte problem of option ``j`` after its context: each member reads context + option in its own
@@ -342,6 +359,24 @@ class PackScorer:
         path = follow(weights[system], problem.log_probs, problem.targets, problem.present,
                       self.pack.options.online_rate, problem.fusion)
         return {**weights, system: path}
+
+
+def choice_problem(demonstrations: Sequence[Demonstration], per_option: Sequence[Sequence[WeightProblem]]) -> ChoiceProblem:
+    """``choice-fit-task``'s problem: every option of every demonstration (``per_option``: each
+    demonstration's options' byte problems, in order), with each member's own choice loss as its NLL. An
+    option's per-byte score divides by its own bytes, as ``acc_norm`` does (`lmfuse.eval.metrics.byte_normalised`)."""
+    options = [p for ps in per_option for p in ps]
+    joined = joined_problems(options)
+    lengths = torch.tensor([len(cast(torch.Tensor, p.targets)) for p in options])
+    problem = ChoiceProblem(
+        nll=joined.nll, log_probs=joined.log_probs, targets=joined.targets, present=joined.present,
+        fusion=joined.fusion, option_of=torch.repeat_interleave(torch.arange(len(options)), lengths),
+        question_of=torch.repeat_interleave(torch.arange(len(per_option)), torch.tensor([len(ps) for ps in per_option])),
+        correct=torch.tensor([i in d.correct for d in demonstrations for i in range(len(d.options))]),
+        option_bytes=torch.tensor([len(o.encode("utf-8")) for d in demonstrations for o in d.options],
+                                  dtype=torch.float32))
+    problem.nll = torch.stack([problem.objective(torch.eye(joined.k)[i]) for i in range(joined.k)])
+    return problem
 
 
 def _joined(context: TextRun, continuation: TextRun, shift: int) -> TextRun:

@@ -22,15 +22,15 @@ from tqdm.auto import tqdm
 from lmfuse import atomic
 from lmfuse.errors import CorruptFileError, InputError
 from lmfuse.eval import metrics
-from lmfuse.eval.scorer import ExplainsWeights, LearnsFromDemonstrations, Scorer
+from lmfuse.eval.scorer import Demonstration, ExplainsWeights, LearnsFromDemonstrations, Scorer
 from lmfuse.eval.tasks import MCExample, MCTask, Task, TextTask, describe_examples, load_task
 
 if TYPE_CHECKING:
     from lmfuse.eval.sources import DataDir
 
 WEIGHT_KEY = "weight:"
-# demo-fit-task's labelled examples per task: enough answers to fit 3 weights on, few enough that reading
-# them costs less than scoring the task.
+# Labelled examples per task for the strategies fitted per task: enough answers to fit 3 weights on, few
+# enough that reading them costs less than scoring the task.
 POOLED_DEMONSTRATIONS = 32
 
 
@@ -268,19 +268,15 @@ def _run_mc(scorer: Scorer, task: MCTask, limit: int | None, shots: int, seed: i
 
 
 def pooled_demonstrations(examples: Sequence[MCExample], shown: dict[int, list[int]],
-                          seed: int) -> list[tuple[str, str]]:
-    """The task's labelled demonstrations for ``demo-fit-task``: the examples the k-shot prompts show
-    (``shown``: evaluated example -> its demonstrations), never an evaluated one, at most
-    ``POOLED_DEMONSTRATIONS`` drawn with ``seed``; each as ``(question, correct answer)``."""
+                          seed: int) -> list[Demonstration]:
+    """The task's labelled demonstrations for the strategies fitted per task: the examples the k-shot
+    prompts show (``shown``: evaluated example -> its demonstrations), never an evaluated one, at most
+    ``POOLED_DEMONSTRATIONS`` drawn with ``seed``."""
     pool = sorted({j for js in shown.values() for j in js} - set(shown))
     if len(pool) > POOLED_DEMONSTRATIONS:
         pool = sorted(random.Random(seed).sample(pool, POOLED_DEMONSTRATIONS))
-    out = []
-    for j in pool:
-        query, answer = examples[j].demo()
-        context = examples[j].task_prefix + query
-        out.append((context.lstrip(), answer))
-    return out
+    return [Demonstration((examples[j].task_prefix + examples[j].query).lstrip(), tuple(examples[j].options),
+                          tuple(examples[j].correct)) for j in pool]
 
 
 def _run_text(scorer: Scorer, task: TextTask, limit: int | None, seed: int, fit_on: str) -> TaskResult:

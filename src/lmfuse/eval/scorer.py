@@ -11,6 +11,7 @@ normalises by UTF-8 bytes, which is comparable across tokenizers (per-token NLL 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -59,12 +60,28 @@ class ExplainsWeights(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Demonstration:
+    """A solved example of a task: ``context`` (its question, as a prompt shows it), its ``options``, the
+    indices of the ``correct`` ones (at least one)."""
+
+    context: str
+    options: tuple[str, ...]
+    correct: tuple[int, ...]
+
+    @property
+    def answer(self) -> str:
+        """The (first) correct option: what a k-shot prompt writes after the question."""
+        return self.options[self.correct[0]]
+
+
 @runtime_checkable
 class LearnsFromDemonstrations(Protocol):
-    """A scorer with a strategy fitted once per task on labelled examples (a pack's ``demo-fit-task``)."""
+    """A scorer with strategies fitted once per task on labelled examples (a pack's ``demo-fit-task``,
+    ``choice-fit-task``)."""
 
-    def learn(self, demonstrations: Sequence[tuple[str, str]]) -> None:
-        """Fit the task-level weights on solved examples of the task about to be scored, each ``(context,
-        answer)``: its question and correct answer, the answer read after the question as an option is. The
-        runner calls it before every multiple-choice task (with none when it has no demonstrations)."""
+    def learn(self, demonstrations: Sequence[Demonstration]) -> None:
+        """Fit the task-level weights on solved examples of the task about to be scored, each option read
+        after its question as an option is. The runner calls it before every multiple-choice task (with
+        none when it has no demonstrations)."""
         ...
