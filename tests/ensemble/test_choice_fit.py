@@ -14,6 +14,7 @@ from lmfuse.ensemble.weighting import WeightOptions, WeightProblem, choice_loss,
 from lmfuse.errors import InputError
 from lmfuse.eval import metrics
 from lmfuse.eval.pack_scorer import pack_scorer
+from lmfuse.eval.report import markdown
 from lmfuse.eval.runner import evaluate
 from lmfuse.eval.scorer import Demonstration
 from lmfuse.eval.tasks import MCExample, MCTask
@@ -93,7 +94,9 @@ def test_every_question_of_a_task_gets_the_tasks_choice_weights(toy_members: dic
     members = [toy_members["bytebpe"], toy_members["sentencepiece"]]
     tasks = [MCTask("t", "test", [MCExample(query=f"Q: item {i}?\nA:", options=(f" right {i}", " wrong", " no"),
                                             correct=(0,)) for i in range(8)])]
-    results = evaluate(pack_scorer(Pack(members), ["choice-fit-task"]), tasks, limit=3, shots=1, seed=0)
+    scorer = pack_scorer(Pack(members), ["choice-fit-task"])
+    results = evaluate(scorer, tasks, limit=3, shots=1, seed=0, provenance=scorer.provenance())
+    assert "- pack[choice-fit-task]: choosing the correct options of the task's demonstrations" in markdown(results)
     (result,) = results.tasks
     per = result.per_example["pack[choice-fit-task]"]
     shown = {i: metrics.shot_indices(range(8), i, 1, seed=0) for i in result.indices}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lmfuse import atomic
 from lmfuse.eval.runner import Results, TaskResult
@@ -86,7 +87,7 @@ def markdown(results: Results) -> str:
             nbytes = int(next(iter(t.metrics.values()))["bytes"])
             cells = [_interval(t.metrics[x], "bpb") for x in systems]
             lines.append(f"| {t.task} | {t.n} | {nbytes} | " + " | ".join(cells) + f" | {t.seconds:.0f} |")
-    lines += _weights_section(results.tasks, systems)
+    lines += _weights_section(results.tasks, systems, s.get("models", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -195,16 +196,18 @@ def _paired_section(mc: list[TaskResult], systems: list[str]) -> list[str]:
     return lines
 
 
-def _weights_section(tasks: list[TaskResult], systems: list[str]) -> list[str]:
+def _weights_section(tasks: list[TaskResult], systems: list[str], provenance: dict[str, Any]) -> list[str]:
     """Mean member weights per task for each system that weighs members: which member each strategy
-    trusted, where the accuracy tables only say how well it did."""
+    trusted, where the accuracy tables only say how well it did; and what each strategy fitted them on."""
     weighted = [x for x in systems if any(t.weights(x) for t in tasks)]
     if not weighted:
         return []
     members = list(next(t.weights(x) for x in weighted for t in tasks if t.weights(x)))
+    fitted_on = {x: provenance.get(x, {}).get("weights_fitted_on", "not recorded in these results") for x in weighted}
     lines = ["", "## Member weights", "",
-             f"Mean weight per example of {' / '.join(members)}, fitted on each example's prompt (MC) or "
-             "chunk (text); 1 / 0 / 0 is the first member alone.", "",
+             f"Mean weight per example of {' / '.join(members)}; 1 / 0 / 0 is the first member alone. Fitted on "
+             "(for a text task: its chunk, or the chunk before it, as the bits-per-byte table says):", "",
+             *(f"- {x}: {where}" for x, where in fitted_on.items()), "",
              "| task | " + " | ".join(weighted) + " |", "|---|" + "---|" * len(weighted)]
     for t in tasks:
         cells = []
