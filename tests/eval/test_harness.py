@@ -64,16 +64,17 @@ def two(toy_members: dict[str, Member]) -> list[Member]:
     return [toy_members["bytebpe"], toy_members["sentencepiece"]]
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "packllm-opt"])
+@pytest.mark.parametrize(("weighting", "alignment"), [("uniform", "exact"), ("packllm-opt", "exact"),
+                                                      ("packllm-opt", "mined")])
 def test_lm_eval_accuracy_and_rolling_loglikelihoods_equal_lmfuse_eval(
-        two: list[Member], tmp_path: Path, weighting: str) -> None:
-    model = HarnessModel(members=two, weighting=weighting)
+        two: list[Member], tmp_path: Path, weighting: str, alignment: str) -> None:
+    model = HarnessModel(members=two, weighting=weighting, alignment=alignment)
     out = _run(model, tmp_path, ["toy_mc", "toy_ppl"])
     jsonl = tmp_path / "mc.jsonl"
-    ours = evaluate(pack_scorer(Pack(two, weighting=weighting), [weighting]), [f"jsonl:{jsonl}"])
+    ours = evaluate(pack_scorer(Pack(two, weighting=weighting, alignment=alignment), [weighting]), [f"jsonl:{jsonl}"])
     system = f"pack[{weighting}]"
     assert out["results"]["toy_mc"]["acc,none"] == pytest.approx(ours.tasks[0].metrics[system]["acc"])
-    scorer = pack_scorer(Pack(two, weighting=weighting), [weighting])
+    scorer = pack_scorer(Pack(two, weighting=weighting, alignment=alignment), [weighting])
     for sample in out["samples"]["toy_mc"]:  # every option's log-likelihood, not only the argmax
         doc = sample["doc"]
         expected = scorer.loglikelihood(doc["input"], [" " + c for c in doc["choices"]])[system]
@@ -114,6 +115,10 @@ def test_bad_model_arguments_name_the_valid_ones(two: list[Member]) -> None:
         HarnessModel()
     with pytest.raises(InputError, match="weights must be numbers"):
         HarnessModel(members=two, weighting="fixed", weights="a+b")
+    with pytest.raises(InputError, match=r"alignment.*'minde'.*mined"):
+        HarnessModel(members=two, alignment="minde")
+    with pytest.raises(InputError, match="online"):  # not one of the paper's weightings
+        HarnessModel(members=two, weighting="online", alignment="mined")
 
 
 def test_a_member_that_cannot_load_fails_before_any_request(tmp_path: Path) -> None:

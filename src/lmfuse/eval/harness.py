@@ -37,6 +37,8 @@ ARGUMENTS = {
     "pack": "'default': the default pack (instead of model)",
     "weighting": "weighting strategy of the pack (default packllm-opt)",
     "fusion": "fusion rule: product or mixture (default product)",
+    "alignment": "exact (default: each member read as its byte-level model) or mined (PackLLM's token-level "
+                 "fusion over a seed vocabulary; scoring only, no generate_until)",
     "nll_norm": "NLL normalisation for NLL-based weights: byte or token (default byte)",
     "weights": "member weights for weighting=fixed, joined with '+'",
     "tau": "temperature of packllm-sim (default 1)",
@@ -53,7 +55,8 @@ ARGUMENTS = {
 @register_model("lmfuse")
 class HarnessModel(LM):
     def __init__(self, model: str | None = None, pack: str | None = None, weighting: str = "packllm-opt",
-                 fusion: str = "product", nll_norm: str = "byte", weights: str | float | None = None,
+                 fusion: str = "product", alignment: str = "exact", nll_norm: str = "byte",
+                 weights: str | float | None = None,
                  tau: float = 1.0, seed_member: str | None = None, dtype: str = "float32", window: int = 2048,
                  weights_out: str | None = None, members: Sequence[Member] | None = None, batch_size: Any = 1,
                  max_batch_size: Any = None, device: Any = None, **unknown: Any) -> None:
@@ -66,8 +69,8 @@ class HarnessModel(LM):
         loaded = list(members) if members is not None else _load(model, pack, dtype)
         fixed = _numbers(weights) if weights is not None else None
         # Members load (and fail) here, before lm-eval builds a single request.
-        self.pack = Pack(loaded, weighting=weighting, fusion=fusion, seed_member=seed_member, nll_norm=nll_norm,
-                         tau=float(tau), weights=fixed)
+        self.pack = Pack(loaded, weighting=weighting, fusion=fusion, alignment=alignment, seed_member=seed_member,
+                         nll_norm=nll_norm, tau=float(tau), weights=fixed)
         if len(loaded) == 1:
             self.scorer: Any = MemberScorer(loaded[0], window=int(window))
             self.system = loaded[0].name
