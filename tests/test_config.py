@@ -41,6 +41,8 @@ def test_server_settings_are_checked_when_replaced_too() -> None:
     ({"weigting": "uniform"}, InputError, r"^pack: unknown key 'weigting'\. Did you mean 'weighting'"),
     ({"members": [{"spec": "a", "dtyp": "float16"}]}, InputError, r"^pack: unknown key in members\.0 'dtyp'\. Did you mean 'dtype'"),
     ({"tau": 0}, InputError, r"^pack: tau: input should be greater than 0 \(got 0\)$"),
+    ({"dtype": "bfloat61"}, UnknownChoiceError, r"^pack: dtype: unknown dtype 'bfloat61'\. Did you mean 'bfloat16'"),
+    ({"members": [{"spec": "a", "dtype": "fp16"}]}, UnknownChoiceError, r"^pack: members\.0\.dtype: unknown dtype 'fp16'"),
 ])
 def test_a_bad_pack_field_is_one_line_naming_it(fields: dict[str, object], kind: type[Exception], message: str) -> None:
     with pytest.raises(kind, match=message):

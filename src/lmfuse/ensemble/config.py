@@ -17,6 +17,7 @@ from lmfuse.config import OneOf, config_error
 from lmfuse.ensemble.fusion import FUSIONS
 from lmfuse.ensemble.weighting import DEFAULT_ONLINE_RATE, WEIGHTINGS, WeightOptions
 from lmfuse.errors import InputError
+from lmfuse.models.dtypes import DTYPES as LOADABLE_DTYPES
 from lmfuse.registry import suggest
 
 NLL_NORMS = ("token", "byte")
@@ -36,7 +37,7 @@ ALIGNMENTS = ("exact", "mined")
 # and use the byte-level machinery: per-byte following, demonstrations' answer bytes, or autograd over
 # [K, T, S], which a 262k seed vocabulary makes costly).
 MINED_WEIGHTINGS = ("uniform", "fixed", "top1", "packllm-sim", "packllm-opt")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(LOADABLE_DTYPES)  # the names the model loader accepts
 SPEC_KEYS = ("device", "dtype", "name")
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,7 +68,7 @@ class MemberSpec(BaseModel):
 
     spec: Annotated[str, Field(min_length=1)]
     device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: the pack's dtype
+    dtype: Annotated[str, OneOf(DTYPES, "dtype")] | None = None  # None: the pack's dtype
     name: str | None = None
 
     @field_validator("device")
@@ -105,7 +106,7 @@ class PackConfig(BaseModel):
     online_rate: Annotated[float, Field(gt=0, lt=1)] = DEFAULT_ONLINE_RATE  # ``online``: step size per byte
     weights: list[Annotated[float, Field(ge=0)]] | None = None  # weighting "fixed": one per member
     fit_bytes: Annotated[int, Field(ge=1)] = DEFAULT_FIT_BYTES
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Annotated[str, OneOf(DTYPES, "dtype")] = "float32"
     # One worker thread per member, so their forward passes of a step run at the same time. None: only when
     # the members are on more than one device (on one 2-core CPU, threads competing for the cores were
     # 0.85-0.86x as fast as one member after another at 8 and 16 prompts: benchmarks/pack.py, docs/batching.md).

@@ -33,12 +33,13 @@ from lmfuse.fuse.members import TOY_PREFIX, parse_toy
 from lmfuse.fuse.rewards import VOTES, RewardSpec
 from lmfuse.fuse.schedule import ScheduleConfig
 from lmfuse.fuse.transfer import AlignConfig
+from lmfuse.models.dtypes import DTYPES as LOADABLE_DTYPES
 from lmfuse.registry import suggest
 
 MAX_EPOCHS = 1000  # passes over the corpus; more is a typo, not a plan (and runs for days before failing)
 MAX_STEPS = 10_000_000
 DATA_FORMATS = ("text", "instruct")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(LOADABLE_DTYPES)  # the names the model loader accepts
 SAFE_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
