@@ -129,6 +129,8 @@ def test_generation_and_unsupported_weightings_are_clear_errors(toy_members: dic
     for call in (lambda: pack.generate(["The quick"]), lambda: pack.stream("The quick"), pack.decoder):
         with pytest.raises(InputError, match="only scores"):
             call()
+    with pytest.raises(InputError, match=r"last_weights"):  # not the exact fit's weights passed off as mined's
+        pack.weights("The quick")
     for name in ("online", "demo-fit", "demo-fit-task"):
         with pytest.raises(InputError, match="uniform, fixed, top1, packllm-sim, packllm-opt"):
             pack_scorer(pack, ["uniform", name])

@@ -226,6 +226,11 @@ class Pack:
 
     def weights(self, prompt: str, weighting: str | None = None) -> WeightReport:
         """Each member's weight and NLL on ``prompt``, and the seed; ``str()`` explains them."""
+        if self.config.alignment == "mined":
+            # These would be the exact byte-level fit's, not those the mined scoring uses.
+            raise InputError("alignment 'mined' fits the weights per example on the seed member's tokens while it "
+                             "scores: read them from the scorer (`PackScorer.last_weights()`, the weight columns of "
+                             "`lmfuse eval`); Pack.weights fits alignment 'exact''s objective")
         return self.fit(self.analyse(prompt), weighting)[1]
 
     # ---- generation -----------------------------------------------------------------------------------
