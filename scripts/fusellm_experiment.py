@@ -369,7 +369,7 @@ def report(results: dict[str, Any]) -> str:
     lines = ["# FuseLLM on Python code: fusion vs plain continued training", "",
              f"Command: `{s['command']}`", "",
              f"Scale `{s['scale']}`: recipe `{s['recipe_path']}`, device {s['device']}, precision {s['precision']}; "
-             f"when this report was written: {s['load']} (per step: the cost table).", "",
+             f"at the start of the call that wrote this report: {s['load']} (per step, at its end: the cost table).", "",
              f"Corpus: {s['train_files']} stdlib modules ({s['train_chars']:,} characters, Python "
              f"{s['python']}), {teachers['rows']} rows; held out: {len(s['heldout_files'])} windows of pinned "
              f"third-party files ({summary['bytes']:,} bytes, {summary['chunks']} chunks of at most "

@@ -1,7 +1,8 @@
 """`--alignment mined` beside the exact default, paired on the same examples and chunks.
 
     python docs/results/pack/mined-main/compare.py docs/results/pack/main-causal/results.json \
-        docs/results/pack/mined-main/results.json > docs/results/pack/mined-main/comparison.md
+        docs/results/pack/mined-main/text/results.json docs/results/pack/mined-main/mc/results.json \
+        > docs/results/pack/mined-main/comparison.md
 
 Both runs must have evaluated the same tasks on the same examples (same --limit and --seed); each member
 alone is the same in both (its scores do not depend on the alignment), which the script checks.
@@ -22,8 +23,10 @@ def load(path: str) -> dict[str, Any]:
     return {t["task"]: t for t in json.loads(Path(path).read_text())["tasks"]}
 
 
-def main(exact_path: str, mined_path: str) -> None:
-    exact, mined = load(exact_path), load(mined_path)
+def main(exact_path: str, *mined_paths: str) -> None:
+    """``mined_paths``: one or more mined runs (a run may have been split by task)."""
+    exact = load(exact_path)
+    mined = {task: t for path in mined_paths for task, t in load(path).items()}
     tasks = [t for t in exact if t in mined]
     fused = sorted({s for t in tasks for s in mined[t]["per_example"] if s.startswith("pack[")}
                    & {s for t in tasks for s in exact[t]["per_example"]})
@@ -54,4 +57,4 @@ def main(exact_path: str, mined_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
