@@ -171,10 +171,8 @@ class PackScorer:
                 per_option.append([self._option_problem(context, o, reads, i) for i, o in enumerate(options)])
         answers = [options[d.correct[0] if every_option else 0] for d, options in zip(demonstrations, per_option,
                                                                                        strict=True)]
-        problems = {DEMO_FIT_TASK: lambda: joined_problems(answers),
-                    CHOICE_FIT_TASK: lambda: choice_problem(demonstrations, per_option)}
         for name in chosen:
-            problem = problems[name]()
+            problem = choice_problem(demonstrations, per_option) if name == CHOICE_FIT_TASK else joined_problems(answers)
             self._task_weights[name] = self.pack.fit(Analysis("", [], problem.nll, 0.0), name, problem)[0]
 
     def _option_problem(self, context: str, option: str, reads: list[Read], j: int) -> WeightProblem:
