@@ -41,8 +41,8 @@ Read = tuple[TextRun, list[TextRun]]  # a member's reading of a context and of e
 FITTED_ON = {DEMO_FIT: "the answers of the demonstrations in the context",
              DEMO_FIT_TASK: "the answers of the task's demonstrations, pooled (never an evaluated example)",
              CHOICE_FIT_TASK: "choosing the correct options of the task's demonstrations, pooled (never an "
-                              "evaluated example)"}
-UNFITTED = ("uniform", "fixed")  # weights that no text decides
+                              "evaluated example)",
+             "uniform": "nothing: the strategy fixes them", "fixed": "nothing: the strategy fixes them"}
 LEARN_BATCH = 16  # demonstrations read per forward pass by `PackScorer.learn`
 
 
@@ -121,8 +121,7 @@ class PackScorer:
                                  **(self._mined_provenance() if self.mined else {
                                      "seed_member": pack.seed_member or "largest weight", "fit_bytes": pack.fit_bytes,
                                      "probabilities": "exact byte-level (prefix covering)"}),
-                                 "weights_fitted_on": FITTED_ON.get(w, "the context (prompt) only")
-                                 if w not in UNFITTED else "nothing: the strategy fixes them"}
+                                 "weights_fitted_on": FITTED_ON.get(w, "the context (prompt) only")}
         return out
 
     def _mined_provenance(self) -> dict[str, Any]:
